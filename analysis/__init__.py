@@ -1,0 +1,1 @@
+"""Reports, plots and recipe comparisons; home of the `golf` command line."""

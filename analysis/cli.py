@@ -1,0 +1,56 @@
+"""The `golf` command: one entry point, a subcommand per job.
+
+Subcommands live beside the code they drive (`train.cli`, `artifact.cli`, `analysis.commands`);
+this module only collects them, runs the chosen one and turns the tool's own errors
+(`GolfError`) into one clear line and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from artifact.errors import GolfError
+
+# Modules that provide `register(subparsers)`; a module that does not exist yet is skipped so
+# the command line grows with the project.
+COMMAND_MODULES = ("train.cli", "artifact.cli", "analysis.commands")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="golf",
+        description="Fit a trained language model into a hard byte budget, verify it, report it.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        # A bare `golf` or `golf data` prints the relevant help.
+        (getattr(args, "help_parser", None) or parser).print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except GolfError as exc:
+        print(f"golf {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"golf {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Budgets (budgets.toml) and counting a submission's bytes exactly as shipped.
+
+The challenge counts code bytes + compressed model bytes ≤ the cap, in decimal bytes. We count
+every file in the submission folder as it sits on disk (a self-extracting stub counts as the
+stub file, never as the source it unpacks), excluding only what the budget names as not counted.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from artifact.errors import ConfigError, GolfError
+
+# budgets.toml sits at the repository root; an installed copy falls back to the packaged one.
+_BUDGET_FILES = (
+    Path(__file__).resolve().parent.parent / "budgets.toml",
+    Path(__file__).resolve().parent / "budgets.toml",
+)
+
+
+@dataclass(frozen=True)
+class Budget:
+    name: str
+    bytes: int
+    description: str = ""
+    model_files: tuple[str, ...] = ("*.blob",)
+    not_counted: tuple[str, ...] = ()
+
+
+@dataclass
+class ByteCount:
+    """The shipped files and what they add up to against a budget."""
+
+    budget: Budget
+    files: list[tuple[str, int, str]] = field(default_factory=list)  # (relative path, bytes, role)
+    code_bytes: int = 0
+    model_bytes: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.code_bytes + self.model_bytes
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= self.budget.bytes
+
+    @property
+    def headroom(self) -> int:
+        return self.budget.bytes - self.total
+
+    def to_dict(self) -> dict:
+        return {
+            "budget": self.budget.name, "limit": self.budget.bytes, "code_bytes": self.code_bytes,
+            "model_bytes": self.model_bytes, "total_bytes": self.total, "fits": self.fits,
+            "headroom": self.headroom,
+            "files": [{"path": p, "bytes": b, "role": r} for p, b, r in self.files],
+        }
+
+
+def budgets_path() -> Path:
+    for path in _BUDGET_FILES:
+        if path.is_file():
+            return path
+    raise ConfigError("budgets.toml not found next to the package")
+
+
+def load_budgets(path: str | Path | None = None) -> dict[str, Budget]:
+    """All named budgets in budgets.toml (or `path`), validated."""
+    path = Path(path) if path else budgets_path()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read budgets ({exc})") from None
+    table = data.get("budgets")
+    if not isinstance(table, dict) or not table:
+        raise ConfigError(f"{path}: no [budgets.NAME] tables")
+    known = {"bytes", "description", "model_files", "not_counted"}
+    out: dict[str, Budget] = {}
+    for name, spec in table.items():
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{path}: budgets.{name} must be a table")
+        unknown = sorted(set(spec) - known)
+        if unknown:
+            raise ConfigError(f"{path}: budgets.{name}: unknown keys {unknown}")
+        limit = spec.get("bytes")
+        if not isinstance(limit, int) or limit <= 0:
+            raise ConfigError(f"{path}: budgets.{name}.bytes must be a positive integer")
+        out[name] = Budget(
+            name=name, bytes=limit, description=str(spec.get("description", "")),
+            model_files=tuple(spec.get("model_files", ("*.blob",))),
+            not_counted=tuple(spec.get("not_counted", ())),
+        )
+    return out
+
+
+def resolve_budget(value: str | int | None, default: str = "demo") -> Budget:
+    """A budget by name, or a plain byte count (`"15000000"`, `15_000_000`)."""
+    if value is None:
+        value = default
+    if isinstance(value, int) or str(value).replace("_", "").isdigit():
+        limit = int(str(value).replace("_", ""))
+        if limit <= 0:
+            raise ConfigError(f"budget must be positive, got {limit}")
+        base = load_budgets().get("track_10min_16mb")
+        return Budget(name=f"{limit}B", bytes=limit,
+                      model_files=base.model_files if base else ("*.blob",),
+                      not_counted=base.not_counted if base else ())
+    budgets = load_budgets()
+    if value not in budgets:
+        raise ConfigError(f"unknown budget {value!r}; known: {', '.join(sorted(budgets))} (or a byte count)")
+    return budgets[value]
+
+
+def _matches(rel: str, patterns: tuple[str, ...]) -> bool:
+    name = rel.rsplit("/", 1)[-1]
+    return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(name, p) for p in patterns)
+
+
+def count_submission(folder: str | Path, budget: Budget) -> ByteCount:
+    """Count every regular file under `folder` exactly as shipped (symlinks are refused: what
+    ships must be the bytes on disk)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise GolfError(f"{folder}: not a submission folder")
+    count = ByteCount(budget=budget)
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        if "__pycache__" in path.parts:
+            continue
+        if path.is_symlink():
+            raise GolfError(f"{path}: symbolic links are not allowed in a submission (ship the file)")
+        if not path.is_file():
+            continue
+        size = path.stat().st_size
+        if _matches(rel, budget.not_counted):
+            count.files.append((rel, size, "not counted"))
+        elif _matches(rel, budget.model_files):
+            count.files.append((rel, size, "model"))
+            count.model_bytes += size
+        else:
+            count.files.append((rel, size, "code"))
+            count.code_bytes += size
+    return count

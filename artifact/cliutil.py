@@ -1,0 +1,60 @@
+"""Command-line plumbing shared by every package's subcommands.
+
+Each package exposes `register(subparsers)`, adding its commands with
+`parser.set_defaults(run=fn)`; `fn(args)` returns an exit code. Commands that report figures
+build one plain dict and hand it to `emit`, which prints either JSON (`--json`) or text.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any, Callable
+
+
+def add_json_flag(parser) -> None:
+    """Add the `--json` switch every figure-reporting command takes."""
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+
+def emit(result: dict[str, Any], as_json: bool, text: Callable[[dict[str, Any]], str] | None = None) -> None:
+    """Print a command's result: JSON when asked, else `text(result)` or `key: value` lines."""
+    if as_json:
+        print(json.dumps(result, indent=2, sort_keys=True, default=_jsonable))
+        return
+    if text is not None:
+        print(text(result))
+        return
+    for key, value in result.items():
+        print(f"{key}: {value}")
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+class Progress:
+    """Progress lines on stderr for long work: `label: done/total (rate) eta`.
+
+    Quiet when `enabled` is false (e.g. under --json the caller may still want stderr progress;
+    stdout stays clean either way).
+    """
+
+    def __init__(self, label: str, total: int, enabled: bool = True, every_s: float = 2.0):
+        self.label, self.total, self.enabled, self.every_s = label, max(int(total), 1), enabled, every_s
+        self.t0 = time.perf_counter()
+        self.last = 0.0
+
+    def update(self, done: int, extra: str = "") -> None:
+        now = time.perf_counter()
+        if not self.enabled or (now - self.last < self.every_s and done < self.total):
+            return
+        self.last = now
+        elapsed = now - self.t0
+        eta = elapsed / max(done, 1) * (self.total - done)
+        tail = f" {extra}" if extra else ""
+        print(f"{self.label}: {done}/{self.total} elapsed {elapsed:.1f}s eta {eta:.1f}s{tail}",
+              file=sys.stderr, flush=True)
