@@ -3,9 +3,308 @@
 It must import nothing from this project: only the standard library, numpy (or torch) and the
 codec libraries. The rest of the project imports its reading and dequantization from here, so
 the code that is measured is the code that ships.
+
+Blob: MAGIC, version u8, manifest length u32, manifest raw length u32 (little-endian); the
+manifest (raw-deflate JSON); the streams back to back; CRC32 of all before it (u32). Manifest:
+{"S": [[codec, raw bytes, stored bytes], ...], "T": [tensor, ...]}; a tensor is
+{"n": name, "s": shape, "d": original dtype, "b": bits, "h": tensor_hash of the decoded tensor,
+ "p": [stream, "f2"|"f4"|"b2"]} (passthrough) or {..., "q": Q, "l": [Q_A, Q_B] (optional LQER)};
+Q = {"c": codes stream, "k": scales stream, "f": "f2"|"f4", "g": group (0 per row, -1 one
+scale), "s": shape (factors only), "t": 1 if stored transposed, "o": row-order stream}.
+A tensor's parts are read from their streams in order: codes, order, scales, then A, B.
 """
 
+import hashlib
+import json
+import math
+import zlib
+
 import numpy as np
+
+MAGIC = b"GOLF"
+VERSION = 1
+HEAD = 13  # magic, version, manifest length, manifest raw length
+MAX_MANIFEST = 1 << 24
+MAX_ELEMENTS = 1 << 30  # whole artifact; 2**40-element claims die here, before any allocation
+ANS_LOW = 1 << 31
+FLOATS = ("float32", "bfloat16", "float16", "float64")
+DTYPES = {"f2": "<f2", "f4": "<f4", "b2": "<u2", "i1": "i1", "u2": "<u2", "u4": "<u4"}
+
+
+class DecodeError(ValueError):
+    """The artifact is corrupt, truncated, foreign or inconsistent."""
+
+
+def need(ok, what):
+    if not ok:
+        raise DecodeError(what)
+
+
+def _int(v, lo, hi, what):
+    need(type(v) is int and lo <= v <= hi, f"bad {what}: {v!r}")
+    return v
+
+
+def _ans_loop(words, x, lut, freq, cum, scale, out):
+    # rANS: state x in [2**31, 2**63), 32-bit words; returns (words read or -1, final state).
+    mask, p = (1 << scale) - 1, 0
+    for i in range(out.shape[0]):
+        s = lut[x & mask]
+        x = freq[s] * (x >> scale) + (x & mask) - cum[s]
+        if x < ANS_LOW:
+            if p >= words.shape[0]:
+                return -1, x
+            x = (x << 32) | words[p]
+            p += 1
+        out[i] = s ^ 0x80
+    return p, x
+
+
+_kernel = []
+
+
+def ans_decode(data, n):
+    """Decode n symbols from an rANS stream (layout in artifact/rans.py)."""
+    need(len(data) >= 12, "ans stream too short")
+    scale, lo, span, width = data[:4]
+    need(1 <= scale <= 16 and 1 <= width <= 17 and lo + span < 256, "bad ans table header")
+    end = 4 + ((span + 1) * width + 7) // 8
+    need(len(data) >= end + 8 and (len(data) - end) % 4 == 0, "bad ans stream length")
+    bits = np.unpackbits(np.frombuffer(data, np.uint8, end - 4, 4))[: (span + 1) * width]
+    freq = np.zeros(256, np.int64)
+    freq[lo : lo + span + 1] = bits.reshape(span + 1, width) @ (1 << np.arange(width)[::-1])
+    need(freq.sum() == 1 << scale, "ans frequencies do not sum to 2**scale")
+    words = np.frombuffer(data, "<u4", offset=end + 8).astype(np.int64)
+    # Each symbol takes ≥ log2(M/max freq) bits of state: no huge output from a tiny stream.
+    need(n * (scale - np.log2(freq.max()) - 1e-4) <= 32 * len(words) + 64, "ans stream too short for its length")
+    x = int.from_bytes(data[end : end + 8], "little")
+    need(ANS_LOW <= x < 1 << 63, "bad ans state")
+    if not _kernel:
+        try:
+            import numba
+
+            _kernel.append(numba.njit(nogil=True)(_ans_loop))
+        except ImportError:
+            _kernel.append(_ans_loop)
+    out = np.empty(n, np.uint8)
+    lut = np.repeat(np.arange(256, dtype=np.uint8), freq)
+    p, x = _kernel[0](words, x, lut, freq, np.cumsum(freq) - freq, scale, out)
+    need(p == len(words) and x == ANS_LOW, "ans stream does not decode cleanly")
+    return out.tobytes()
+
+
+def decompress(codec, data, n):
+    """Bytes of one stream, whose raw length must be exactly n (allocation bounded by n)."""
+    *xforms, name = codec.split("+")
+    name = name.split("-")[0]
+    if n == 0:
+        need(len(data) == 0, "empty stream with data")
+        return b""
+    if name == "raw":
+        out = bytes(data)
+    elif name == "ans":
+        out = ans_decode(data, n)
+    elif name == "zlib":
+        d = zlib.decompressobj(-15)
+        out = d.decompress(data, n)
+        need(d.eof and not d.unused_data, "zlib stream does not end cleanly")
+    elif name == "lzma":
+        import lzma
+
+        d = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2, "dict_size": max(n, 4096)}])
+        out = d.decompress(data, n)
+        need(d.eof, "lzma stream does not end cleanly")
+    elif name == "brotli":
+        import brotli
+
+        d = brotli.Decompressor()
+        out = d.process(data, output_buffer_limit=n + 1)
+        need(d.is_finished(), "brotli stream does not end cleanly")
+    elif name == "zstd":
+        import zstandard
+
+        need(zstandard.frame_content_size(data) in (-1, n), "zstd frame size differs")
+        out = zstandard.ZstdDecompressor().decompress(data, max_output_size=n, allow_extra_data=False)
+    else:
+        raise DecodeError(f"unknown codec {codec!r}")
+    need(len(out) == n, f"{codec} stream decodes to {len(out)} bytes, not {n}")
+    for x in reversed(xforms):  # deinterleaveN: byte k of every N-byte value was stored together
+        w = _int(int(x[12:]) if x[:12] == "deinterleave" and x[12:].isdigit() else 0, 2, 8, "transform")
+        need(n % w == 0, "stream length not a multiple of the interleave width")
+        out = np.frombuffer(out, np.uint8).reshape(w, -1).T.tobytes()
+    return out
+
+
+def _read_manifest(blob):
+    blob = memoryview(blob).cast("B")
+    need(len(blob) >= HEAD + 4 and blob[:4] == MAGIC, "not a golf artifact (bad magic or too short)")
+    need(blob[4] == VERSION, f"unsupported artifact version {blob[4]}")
+    need(zlib.crc32(blob[:-4]) == int.from_bytes(blob[-4:], "little"), "checksum mismatch")
+    size, raw = int.from_bytes(blob[5:9], "little"), int.from_bytes(blob[9:13], "little")
+    need(HEAD + size + 4 <= len(blob) and raw <= MAX_MANIFEST, "bad manifest length")
+    m = json.loads(decompress("zlib", blob[HEAD : HEAD + size], raw))
+    need(type(m) is dict and type(m.get("S")) is list and type(m.get("T")) is list, "bad manifest")
+    for s in m["S"]:
+        need(type(s) is list and len(s) == 3 and type(s[0]) is str, f"bad stream entry {s!r}")
+        _int(s[1], 0, MAX_ELEMENTS * 4, "stream length")
+        _int(s[2], 0, len(blob), "stream length")
+    need(sum(s[2] for s in m["S"]) == len(blob) - HEAD - size - 4, "stream lengths do not fill the blob")
+    plan(m)
+    return m, HEAD + size
+
+
+def _shape(v):
+    need(type(v) is list and len(v) <= 8, f"bad shape {v!r}")
+    return tuple(_int(d, 0, MAX_ELEMENTS, "dimension") for d in v)
+
+
+def _quant_parts(q, shape, streams):
+    # The parts of one quantized block: (stream, dtype, shape), in stream order.
+    need(type(q) is dict, "bad quantized block")
+    rows, n = (shape[0] if shape else 1), math.prod(shape)
+    g = _int(q.get("g", 0), -1, MAX_ELEMENTS, "group size")
+    need(g != 0 or len(shape) >= 1, "per-row scales need rows")
+    need(g <= 0 or (len(shape) == 2 and shape[1] % g == 0 and g > 0), f"group {g} does not divide {shape}")
+    stored = shape[::-1] if q.get("t") else shape
+    need(not q.get("t") or len(shape) == 2, "only 2-D blocks transpose")
+    parts = [(q["c"], "i1", stored)]
+    if "o" in q:
+        parts.append((q["o"], "u2" if rows <= 65536 else "u4", (rows,)))
+    nscales = 1 if g < 0 else rows if g == 0 else n // g
+    parts.append((q["k"], _key(q.get("f"), ("f2", "f4")), (nscales,)))
+    for s, _, _ in parts:
+        _int(s, 0, len(streams) - 1, "stream index")
+    return parts
+
+
+def _key(v, allowed):
+    need(v in allowed, f"bad dtype {v!r}")
+    return v
+
+
+def tensor_parts(t, streams):
+    """Validated (stream, dtype, shape) of every part of manifest tensor t, in read order."""
+    need(type(t) is dict and type(t.get("n")) is str and type(t.get("h")) is str, "bad tensor entry")
+    _key(t.get("d"), FLOATS)
+    shape = _shape(t.get("s"))
+    if "p" in t:
+        need(type(t["p"]) is list and len(t["p"]) == 2, "bad passthrough")
+        return [(_int(t["p"][0], 0, len(streams) - 1, "stream index"), _key(t["p"][1], ("f2", "f4", "b2")), shape)]
+    parts = _quant_parts(t.get("q"), shape, streams)
+    if "l" in t:
+        need(type(t["l"]) is list and len(t["l"]) == 2 and len(shape) == 2, "bad LQER factors")
+        a, b = (_shape(f.get("s")) if type(f) is dict else None for f in t["l"])
+        need(len(a) == len(b) == 2 and a[0] == shape[0] and b[1] == shape[1] and a[1] == b[0], "bad LQER shapes")
+        parts += _quant_parts(t["l"][0], a, streams) + _quant_parts(t["l"][1], b, streams)
+    return parts
+
+
+def plan(m):
+    """Check that every stream's raw length is exactly the sum of the parts read from it."""
+    used, total = [0] * len(m["S"]), 0
+    for t in m["T"]:
+        for s, dt, shape in tensor_parts(t, m["S"]):
+            n = math.prod(shape)
+            total += n
+            need(total <= MAX_ELEMENTS, "artifact claims too many elements")
+            used[s] += n * int(DTYPES[dt][-1])
+    need(used == [s[1] for s in m["S"]], "stream lengths disagree with the tensor shapes")
+    need(len({t["n"] for t in m["T"]}) == len(m["T"]), "duplicate tensor names")
+
+
+def apply_lqer(w, a, b):
+    """w + a @ b as a fixed-order sum of rank-1 float32 terms (bit-identical on any machine)."""
+    for i in range(a.shape[1]):
+        w = w + a[:, i : i + 1] * b[i : i + 1, :]
+    return w
+
+
+def _block(q, shape, take):
+    codes = take()
+    if q.get("t"):
+        codes = codes.T
+    if "o" in q:
+        order = take().astype(np.int64)
+        need(np.array_equal(np.sort(order), np.arange(len(order))), "row order is not a permutation")
+        codes = codes[np.argsort(order)]
+    scales = take()
+    g = q.get("g", 0)
+    return dequantize(codes, scales.reshape(()) if g < 0 else scales, g if g > 0 else None)
+
+
+def _tensor(t, take):
+    shape = tuple(t["s"])
+    if "p" in t:
+        x = take()
+        w = (x.astype(np.uint32) << 16).view(np.float32) if t["p"][1] == "b2" else x.astype(np.float32)
+        return w.reshape(shape)
+    w = _block(t["q"], shape, take).reshape(shape)
+    if "l" in t:
+        a, b = (_block(f, tuple(f["s"]), take) for f in t["l"])
+        w = apply_lqer(w, a, b)
+    return w
+
+
+def tensor_hash(w):
+    """First 8 bytes (hex) of sha256 over the shape and the little-endian float32 values."""
+    return hashlib.sha256(repr(w.shape).encode() + np.ascontiguousarray(w, "<f4").tobytes()).hexdigest()[:16]
+
+
+def _decode(blob):
+    m, pos = _read_manifest(blob)
+    view, streams = memoryview(blob), []
+    for codec, raw, size in m["S"]:
+        streams.append([decompress(codec, view[pos : pos + size], raw), 0])
+        pos += size
+    out = {}
+    for t in m["T"]:
+        parts = iter(tensor_parts(t, m["S"]))
+
+        def take():
+            s, dt, shape = next(parts)
+            data, at = streams[s]
+            n = math.prod(shape)
+            streams[s][1] = at + n * int(DTYPES[dt][-1])
+            return np.frombuffer(data, DTYPES[dt], n, at).reshape(shape)
+
+        w = _tensor(t, take)
+        need(tensor_hash(w) == t["h"], f"tensor {t['n']}: hash mismatch")
+        out[t["n"]] = w
+    return m, out
+
+
+def _guard(fn, blob):
+    # Untrusted input: whatever goes wrong inside surfaces as DecodeError, nothing else.
+    if not isinstance(blob, (bytes, bytearray, memoryview)):
+        with open(blob, "rb") as f:
+            blob = f.read()
+    try:
+        return fn(blob)
+    except DecodeError:
+        raise
+    except Exception as e:
+        raise DecodeError(f"malformed artifact: {type(e).__name__}: {e}") from None
+
+
+def read_manifest(blob):
+    """Validate header, lengths, checksum and manifest of a blob (bytes or path) without
+    decoding any stream; return (manifest, offset of the first stream)."""
+    return _guard(_read_manifest, blob)
+
+
+def decode(blob, with_manifest=False):
+    """All tensors of an artifact (bytes or path) as float32 numpy arrays, each hash-verified
+    (and the manifest first if `with_manifest`)."""
+    m, out = _guard(_decode, blob)
+    return (m, out) if with_manifest else out
+
+
+def decode_torch(blob):
+    """decode() as torch tensors in each tensor's original dtype."""
+    import torch
+
+    m, out = decode(blob, True)
+    return {t["n"]: torch.from_numpy(out[t["n"]]).to(getattr(torch, t["d"])) for t in m["T"]}
 
 
 def _float32(x):
