@@ -87,11 +87,16 @@ class Rotary(nn.Module):
         self._cache: tuple[int, torch.device, Tensor, Tensor] | None = None
 
     def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        if self._cache is None or self._cache[0] != seq_len or self._cache[1] != device:
-            t = torch.arange(seq_len, device=device, dtype=torch.float32)
-            freqs = torch.outer(t, self.inv_freq.to(device))
-            self._cache = (seq_len, device, freqs.cos()[None, None], freqs.sin()[None, None])
-        return self._cache[2].to(dtype), self._cache[3].to(dtype)
+        if self._cache is not None and self._cache[0] == seq_len and self._cache[1] == device:
+            return self._cache[2].to(dtype), self._cache[3].to(dtype)
+        t = torch.arange(seq_len, device=device, dtype=torch.float32)
+        freqs = torch.outer(t, self.inv_freq.to(device))
+        cos, sin = freqs.cos()[None, None], freqs.sin()[None, None]
+        # Tables made under inference_mode are "inference tensors" that autograd refuses to save,
+        # so they are never cached: an eval (scoring) followed by training (or TTT) must work.
+        if torch.compiler.is_compiling() or not torch.is_inference_mode_enabled():
+            self._cache = (seq_len, device, cos, sin)
+        return cos.to(dtype), sin.to(dtype)
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:

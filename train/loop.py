@@ -1,0 +1,510 @@
+"""`golf train`: the challenge baseline's training loop on 1 CPU process, 1 GPU or N GPUs.
+
+Flow (as `train_gpt.py`): preset → data (train shards, val shards, tokenizer, byte tables) →
+seeded model and optimisers → optional compile warm-up steps that are then undone → steps of
+`batch_tokens` tokens with the Muon momentum warm-up and the linear LR warm-down (by steps, or
+estimated from the wall clock when a time cap is set) → periodic and final val_bpb → the
+unigram reference bpb → checkpoint (`model.pt` + `config.json`) and `train_log.txt`.
+
+CUDA runs use bf16 autocast and torch.compile; CPU runs stay fp32 and eager, and are bit-for-bit
+reproducible for a seed. Under torchrun (RANK/WORLD_SIZE set) the process group is initialised
+(nccl on CUDA, gloo on CPU), the model is wrapped in DDP and every rank reads its own span of
+each batch; only rank 0 evaluates, logs and saves.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from artifact.errors import CheckpointError, ConfigError, DataError, GolfError
+from train.byte_count import ByteCounter
+from train.checkpoint import save_checkpoint
+from train.evaluate import eval_flat, unigram_bpb
+from train.loader import BatchLoader, micro_batch_tokens
+from train.model import GPT, ModelConfig, count_parameters
+from train.optim import build_optimizers, lr_multiplier, muon_momentum_at, set_learning_rates
+from train.shards import load_tokens, read_shard, resolve_data
+from train.tokenizer import load_tokenizer
+
+DEFAULT_PRESET = "baseline-cpu"
+# Train tokens used for the unigram reference (a full FineWeb train split would not fit in memory).
+UNIGRAM_TRAIN_TOKEN_CAP = 100_000_000
+
+
+@dataclass
+class TrainConfig:
+    """Training hyper-parameters. Defaults = the challenge baseline (`train_gpt.py`)."""
+
+    seq_len: int = 1024
+    batch_tokens: int = 524_288           # global tokens per optimiser step
+    grad_accum_steps: int = 0             # micro-steps per step; 0 = the baseline's 8 // world_size
+    iterations: int = 20_000
+    warmup_steps: int = 20                # compile warm-up steps, run and then undone
+    warmdown_iters: int = 1200            # linear LR decay to 0 over the last N steps
+    max_wallclock_seconds: float = 600.0  # 0 = no cap; a cap also makes the warm-down time-based
+    val_every: int = 1000                 # 0 = only at the end
+    val_tokens: int = 0                   # val tokens for periodic evals (0 = all); the final eval uses all
+    val_batch_tokens: int = 524_288
+    log_every: int = 200
+    seed: int = 1337
+    tied_embed_lr: float = 0.05
+    embed_lr: float = 0.6
+    head_lr: float = 0.008
+    matrix_lr: float = 0.04
+    scalar_lr: float = 0.04
+    muon_momentum: float = 0.95
+    muon_momentum_warmup_start: float = 0.85
+    muon_momentum_warmup_steps: int = 500
+    muon_backend_steps: int = 5
+    beta1: float = 0.9
+    beta2: float = 0.95
+    adam_eps: float = 1e-8
+    grad_clip_norm: float = 0.0           # 0 = no clipping
+    device: str = "auto"                  # auto | cpu | cuda
+    compile: bool = True                  # torch.compile on CUDA (never on CPU)
+    threads: int = 0                      # CPU threads for torch; 0 = torch's default
+
+    def __post_init__(self) -> None:
+        positive = ("seq_len", "batch_tokens", "iterations", "val_batch_tokens", "muon_backend_steps")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"train config: {name} must be positive, got {getattr(self, name)}")
+        non_negative = ("grad_accum_steps", "warmup_steps", "warmdown_iters", "max_wallclock_seconds", "val_every",
+                        "val_tokens", "log_every", "muon_momentum_warmup_steps", "grad_clip_norm", "threads")
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train config: {name} must be >= 0, got {getattr(self, name)}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"train config: device must be auto, cpu or cuda, got {self.device!r}")
+
+
+# ----------------------------------------------------------------------------------- runtime
+
+@dataclass
+class Runtime:
+    """Where this process runs and its place among the ranks."""
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    owns_process_group: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(preference: str) -> str:
+    if preference == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device cuda requested but no CUDA device is available (use --device cpu)")
+    return preference
+
+
+def setup_runtime(preference: str) -> Runtime:
+    """Device and ranks; initialises torch.distributed when launched by torchrun."""
+    kind = resolve_device(preference)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if "RANK" not in os.environ or world <= 1:
+        return Runtime(torch.device(kind))
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if kind == "cuda":
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    owns = not dist.is_initialized()
+    if owns:
+        dist.init_process_group(backend="nccl" if kind == "cuda" else "gloo")
+    return Runtime(device, rank, world, local_rank, owns)
+
+
+def autocast_for(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class RunLog:
+    """Challenge-style log lines, printed (stderr under --json) and appended to train_log.txt."""
+
+    def __init__(self, path: Path | None, enabled: bool, stream=None):
+        self.enabled, self.stream = enabled, stream or sys.stdout
+        self.file = open(path, "w") if (enabled and path is not None) else None
+
+    def __call__(self, line: str) -> None:
+        if not self.enabled:
+            return
+        print(line, file=self.stream, flush=True)
+        if self.file is not None:
+            self.file.write(line + "\n")
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+class LossModel(nn.Module):
+    """forward(x, y) → mean loss, so DDP and torch.compile see the whole step's graph."""
+
+    def __init__(self, gpt: GPT):
+        super().__init__()
+        self.gpt = gpt
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.gpt.loss(x, y)
+
+
+# ------------------------------------------------------------------------------------- data
+
+@dataclass
+class TrainData:
+    train_files: list[Path]
+    val_tokens: np.ndarray
+    counter: ByteCounter
+    tokenizer: Path
+    dataset_dir: Path
+
+
+def prepare_data(data_dir: str | Path | None, vocab_size: int) -> TrainData:
+    """Resolve shards and tokenizer and check they agree with the model's vocabulary."""
+    if data_dir is None:
+        from train.bundled import BUNDLED_DATA
+
+        data_dir = BUNDLED_DATA
+    paths = resolve_data(data_dir, vocab_size=vocab_size)
+    if paths.vocab_size is not None and paths.vocab_size != vocab_size:
+        raise DataError(f"{paths.dataset_dir}: dataset is for vocab {paths.vocab_size} but the model has vocab_size {vocab_size}")
+    tokenizer = paths.require_tokenizer()
+    pieces = int(load_tokenizer(tokenizer).vocab_size())
+    if pieces != vocab_size:
+        raise DataError(f"{tokenizer}: tokenizer has {pieces} pieces but the model has vocab_size {vocab_size}; "
+                        f"pick a preset (or [model] vocab_size) that matches the data")
+    train_files = paths.require_train()
+    val_tokens = load_tokens(paths.require_val(), vocab_size)
+    counter = ByteCounter.from_sentencepiece(tokenizer, vocab_size)
+    return TrainData(train_files, val_tokens, counter, tokenizer, paths.dataset_dir)
+
+
+def unigram_train_tokens(files: list[Path], cap: int = UNIGRAM_TRAIN_TOKEN_CAP) -> np.ndarray:
+    """Train tokens for the unigram reference: the shards in order, at most `cap` tokens."""
+    parts, total = [], 0
+    for f in files:
+        tokens = read_shard(f)
+        take = min(tokens.size, cap - total)
+        parts.append(np.asarray(tokens[:take]))
+        total += take
+        if total >= cap:
+            break
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+# ------------------------------------------------------------------------------------- steps
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def zero_grads(optimizers) -> None:
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+
+
+def forward_backward(step_model, loader: BatchLoader, cfg: TrainConfig, accum: int, device: torch.device) -> torch.Tensor:
+    """One optimiser step's forward/backward over `accum` micro-batches; returns the mean loss."""
+    total = torch.zeros((), device=device)
+    for micro in range(accum):
+        x, y = loader.next_batch(cfg.batch_tokens, cfg.seq_len, accum)
+        # Under DDP, gradients are all-reduced only on the last micro-step.
+        no_sync = isinstance(step_model, nn.parallel.DistributedDataParallel) and micro < accum - 1
+        with step_model.no_sync() if no_sync else nullcontext():
+            with autocast_for(device):
+                loss = step_model(x, y)
+            total += loss.detach()
+            (loss / accum).backward()
+    return total / accum
+
+
+def apply_step(model: GPT, optimizers, cfg: TrainConfig, step: int, scale: float) -> None:
+    set_learning_rates(optimizers, scale, muon_momentum_at(step, cfg))
+    if cfg.grad_clip_norm > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
+    for opt in optimizers:
+        opt.step()
+    zero_grads(optimizers)
+
+
+def compile_warmup(model: GPT, step_model, optimizers, loader: BatchLoader, cfg: TrainConfig, accum: int, device) -> None:
+    """Run `warmup_steps` real steps so kernels compile, then restore the initial weights and
+    optimiser states (the baseline's semantics: warm-up never changes the trained model)."""
+    initial_model = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    initial_opts = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
+    for step in range(cfg.warmup_steps):
+        forward_backward(step_model, loader, cfg, accum, device)
+        apply_step(model, optimizers, cfg, step, 1.0)
+    model.load_state_dict(initial_model, strict=True)
+    for opt, state in zip(optimizers, initial_opts):
+        opt.load_state_dict(state)
+    zero_grads(optimizers)
+
+
+def evaluate(model: GPT, data: TrainData, cfg: TrainConfig, device: torch.device, limit: int = 0):
+    """val figures on all val tokens, or on the first `limit` targets."""
+    tokens = data.val_tokens if limit <= 0 else data.val_tokens[:limit + 1]
+    batch_seqs = max(1, cfg.val_batch_tokens // cfg.seq_len)
+    try:
+        return eval_flat(model, tokens, data.counter, cfg.seq_len, batch_seqs, device, progress=False)
+    except CheckpointError as exc:  # non-finite loss: here that means the run diverged
+        raise GolfError(f"validation failed during training ({exc}); the run diverged: lower the learning rates") from None
+
+
+# -------------------------------------------------------------------------------------- train
+
+def train(preset: str | Path = DEFAULT_PRESET, data_dir: str | Path | None = None, out_dir: str | Path = "runs/train",
+          overrides: dict | None = None, log_stream=None) -> dict:
+    """Train a preset (with TrainConfig `overrides`) on `data_dir`; save the checkpoint in
+    `out_dir`; return the run's figures (val_bpb, unigram_bpb, steps, seconds, ...)."""
+    from train.presets import apply_overrides, load_preset
+
+    started = time.perf_counter()
+    spec = load_preset(preset)
+    cfg = apply_overrides(spec.train, overrides)
+    runtime = setup_runtime(cfg.device)
+    try:
+        figures = _train(spec, spec.model, cfg, runtime, data_dir, Path(out_dir), log_stream)
+        figures["wall_seconds"] = round(time.perf_counter() - started, 3)  # data, evals and saving included
+        return figures
+    finally:
+        if runtime.owns_process_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(spec, mcfg: ModelConfig, cfg: TrainConfig, rt: Runtime, data_dir, out_dir: Path, log_stream) -> dict:
+    device = rt.device
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    accum = cfg.grad_accum_steps or (8 // rt.world_size if 8 % rt.world_size == 0 else 1)
+    tokens_per_step = micro_batch_tokens(cfg.batch_tokens, cfg.seq_len, rt.world_size, accum) * rt.world_size * accum
+    data = prepare_data(data_dir, mcfg.vocab_size)
+    if rt.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    log = RunLog(out_dir / "train_log.txt", rt.is_main, log_stream)
+    try:
+        return _run(spec, mcfg, cfg, rt, data, out_dir, log, accum, tokens_per_step)
+    finally:
+        log.close()
+
+
+def _run(spec, mcfg, cfg: TrainConfig, rt: Runtime, data: TrainData, out_dir: Path, log: RunLog, accum: int, tokens_per_step: int) -> dict:
+    device = rt.device
+    seed_everything(cfg.seed)
+    model = GPT(mcfg).to(device)  # built on CPU by the seeded generator, then moved
+    optimizers = build_optimizers(model, cfg)
+    step_model: nn.Module = LossModel(model)
+    if device.type == "cuda" and cfg.compile:
+        step_model = torch.compile(step_model, dynamic=False)
+    if rt.distributed:
+        step_model = nn.parallel.DistributedDataParallel(
+            step_model, device_ids=[rt.local_rank] if device.type == "cuda" else None, broadcast_buffers=False)
+    params = count_parameters(model)
+    max_ms = 1000.0 * cfg.max_wallclock_seconds if cfg.max_wallclock_seconds > 0 else None
+
+    log(f"preset:{spec.name} device:{device} world_size:{rt.world_size} grad_accum_steps:{accum} threads:{torch.get_num_threads()}")
+    log(f"model_params:{params} layers:{mcfg.num_layers} dim:{mcfg.model_dim} heads:{mcfg.num_heads}/{mcfg.num_kv_heads} vocab:{mcfg.vocab_size}")
+    log(f"train_batch_tokens:{tokens_per_step} train_seq_len:{cfg.seq_len} iterations:{cfg.iterations} "
+        f"warmup_steps:{cfg.warmup_steps} max_wallclock_seconds:{cfg.max_wallclock_seconds:.3f}")
+    log(f"data:{data.dataset_dir} train_shards:{len(data.train_files)} val_tokens:{data.val_tokens.size} tokenizer:{data.tokenizer.name}")
+    log(f"seed:{cfg.seed}")
+
+    if cfg.warmup_steps > 0:
+        warm_loader = BatchLoader(data.train_files, rt.rank, rt.world_size, device, mcfg.vocab_size)
+        compile_warmup(model, step_model, optimizers, warm_loader, cfg, accum, device)
+    loader = BatchLoader(data.train_files, rt.rank, rt.world_size, device, mcfg.vocab_size)
+
+    train_ms, stop_after, step, last_val, last_loss = 0.0, None, 0, None, float("nan")
+    synchronize(device)
+    t0 = time.perf_counter()
+    while True:
+        last_step = step == cfg.iterations or (stop_after is not None and step >= stop_after)
+        if last_step or (cfg.val_every > 0 and step % cfg.val_every == 0):
+            synchronize(device)
+            train_ms += 1000.0 * (time.perf_counter() - t0)
+            if rt.is_main:
+                last_val = evaluate(model, data, cfg, device, 0 if last_step else cfg.val_tokens)
+                log(f"step:{step}/{cfg.iterations} val_loss:{last_val.val_loss:.4f} val_bpb:{last_val.val_bpb:.4f} "
+                    f"train_time:{train_ms:.0f}ms step_avg:{train_ms / max(step, 1):.2f}ms")
+            if rt.distributed:
+                dist.barrier()
+            synchronize(device)
+            t0 = time.perf_counter()
+        if last_step:
+            if stop_after is not None and step < cfg.iterations:
+                log(f"stopping_early: wallclock_cap train_time:{train_ms:.0f}ms step:{step}/{cfg.iterations}")
+            break
+
+        elapsed_ms = train_ms + 1000.0 * (time.perf_counter() - t0)
+        scale = lr_multiplier(step, elapsed_ms, cfg.iterations, cfg.warmdown_iters, max_ms)
+        train_loss = forward_backward(step_model, loader, cfg, accum, device)
+        apply_step(model, optimizers, cfg, step, scale)
+        step += 1
+
+        approx_ms = train_ms + 1000.0 * (time.perf_counter() - t0)
+        if cfg.log_every > 0 and (step <= 10 or step % cfg.log_every == 0 or stop_after is not None):
+            last_loss = train_loss.item()
+            if not np.isfinite(last_loss):
+                raise GolfError(f"train loss is {last_loss} at step {step}: training diverged (lower the learning rates)")
+            log(f"step:{step}/{cfg.iterations} train_loss:{last_loss:.4f} train_time:{approx_ms:.0f}ms step_avg:{approx_ms / step:.2f}ms")
+        reached_cap = max_ms is not None and approx_ms >= max_ms
+        if rt.distributed and max_ms is not None:
+            flag = torch.tensor(int(reached_cap), device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            reached_cap = bool(flag.item())
+        if stop_after is None and reached_cap:
+            stop_after = step
+
+    figures = _finish(spec, mcfg, cfg, rt, data, model, out_dir, log, step, train_ms, last_val, tokens_per_step, params)
+    if rt.distributed:
+        dist.barrier()
+    return figures
+
+
+def _finish(spec, mcfg, cfg, rt, data, model, out_dir, log, step, train_ms, val, tokens_per_step, params) -> dict:
+    """Unigram reference, checkpoint and the figures dict (rank 0 computes and saves)."""
+    if not rt.is_main:
+        return {"rank": rt.rank, "steps": step}
+    uni = unigram_bpb(unigram_train_tokens(data.train_files), data.val_tokens, data.counter, cfg.seq_len)
+    seconds = train_ms / 1000.0
+    tokens_seen = step * tokens_per_step
+    log(f"final val_loss:{val.val_loss:.4f} val_bpb:{val.val_bpb:.4f} unigram_bpb:{uni:.4f} "
+        f"steps:{step} tokens:{tokens_seen} train_time:{train_ms:.0f}ms tokens_per_s:{tokens_seen / max(seconds, 1e-9):.0f}")
+    figures = {
+        "preset": spec.name,
+        "steps": step,
+        "iterations": cfg.iterations,
+        "tokens_seen": tokens_seen,
+        "train_seconds": round(seconds, 3),
+        "tokens_per_second": round(tokens_seen / max(seconds, 1e-9), 1),
+        "step_avg_ms": round(train_ms / max(step, 1), 2),
+        "val_loss": val.val_loss,
+        "val_bpb": val.val_bpb,
+        "val_tokens": val.tokens,
+        "val_bytes": val.bytes,
+        "unigram_bpb": uni,
+        "params": params,
+        "seed": cfg.seed,
+        "seq_len": cfg.seq_len,
+        "device": str(rt.device),
+        "world_size": rt.world_size,
+    }
+    meta = dict(figures)
+    meta.update({
+        "preset_file": spec.path.name,
+        "data": data.dataset_dir.name,
+        "tokenizer": data.tokenizer.name,
+        "train_config": asdict(cfg),
+        "torch": torch.__version__,
+    })
+    ckpt = save_checkpoint(out_dir, model, mcfg, meta)
+    log(f"saved checkpoint:{ckpt}")
+    figures["checkpoint"] = str(ckpt)
+    return figures
+
+
+# ---------------------------------------------------------------------------------------- CLI
+
+def _parse_value(text: str):
+    """A --set value as TOML (numbers, booleans, quoted strings), else the raw string."""
+    import tomllib
+
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def overrides_from_args(args) -> dict:
+    overrides = {}
+    for item in args.set or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        key, value = item.split("=", 1)
+        overrides[key.strip()] = _parse_value(value.strip())
+    if args.max_steps is not None:
+        overrides["iterations"] = args.max_steps
+    if args.max_seconds is not None:
+        overrides["max_wallclock_seconds"] = float(args.max_seconds)
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    if args.device is not None:
+        overrides["device"] = args.device
+    return overrides
+
+
+def run_train(args) -> int:
+    from artifact.cliutil import emit
+    from train.presets import list_presets
+
+    if args.list_presets:
+        print("\n".join(list_presets()))
+        return 0
+    if args.out is None:
+        raise ConfigError("--out DIR is required")
+    figures = train(args.preset, args.data, args.out, overrides_from_args(args),
+                    log_stream=sys.stderr if args.json else sys.stdout)
+    if "val_bpb" not in figures:  # a non-zero rank: rank 0 reports
+        return 0
+    emit(figures, args.json, _summary)
+    return 0
+
+
+def _summary(f: dict) -> str:
+    return (f"trained {f['preset']}: {f['steps']} steps, {f['tokens_seen']:,} tokens in {f['train_seconds']:.1f}s "
+            f"({f['tokens_per_second']:,.0f} tokens/s)\n"
+            f"val_bpb {f['val_bpb']:.4f} (val_loss {f['val_loss']:.4f}) vs unigram {f['unigram_bpb']:.4f}\n"
+            f"checkpoint: {f['checkpoint']}")
+
+
+def register(sub) -> None:
+    from artifact.cliutil import add_json_flag
+
+    p = sub.add_parser("train", help="train a GPT preset and save a checkpoint",
+                       description="Train the challenge baseline GPT (or a preset of it) and save model.pt + config.json.")
+    p.add_argument("--preset", default=DEFAULT_PRESET, help=f"preset name or .toml path (default {DEFAULT_PRESET})")
+    p.add_argument("--data", default=None, help="data root or dataset folder (default: the bundled data)")
+    p.add_argument("--out", default=None, help="output folder for model.pt, config.json and train_log.txt")
+    p.add_argument("--max-steps", type=int, default=None, help="override the preset's iterations")
+    p.add_argument("--max-seconds", type=float, default=None, help="wall-clock cap in seconds (0 = none)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default=None)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any [train] key, e.g. --set matrix_lr=0.03")
+    p.add_argument("--list-presets", action="store_true", help="print the preset names and exit")
+    add_json_flag(p)
+    p.set_defaults(run=run_train, help_parser=p)

@@ -1,0 +1,110 @@
+"""Named training presets: TOML files with a [model] table (ModelConfig fields) and a [train]
+table (TrainConfig fields), plus an optional top-level `description`.
+
+`load_preset("baseline-cpu")` reads `train/presets/baseline-cpu.toml`; a path to any `.toml`
+file works too. Unknown tables or keys raise `ConfigError` naming the key and the file, so a
+typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from artifact.errors import ConfigError
+from train.loop import TrainConfig
+from train.model import ModelConfig
+
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+_TOP_KEYS = {"description", "model", "train"}
+
+
+@dataclass
+class Preset:
+    """A resolved preset: its name, source file, description and both configs."""
+
+    name: str
+    path: Path
+    description: str
+    model: ModelConfig
+    train: TrainConfig
+
+
+def list_presets() -> list[str]:
+    """Names of the bundled presets (file stems under train/presets/), sorted."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+
+
+def preset_path(name_or_path: str | Path) -> Path:
+    """The TOML file for a bundled preset name or an explicit path."""
+    text = str(name_or_path)
+    candidate = Path(text)
+    if text.endswith(".toml") or candidate.is_file():
+        if not candidate.is_file():
+            raise ConfigError(f"{candidate}: no such preset file")
+        return candidate
+    bundled = PRESET_DIR / f"{text}.toml"
+    if not bundled.is_file():
+        raise ConfigError(f"unknown preset {text!r}; known presets: {', '.join(list_presets())}")
+    return bundled
+
+
+def load_preset(name_or_path: str | Path) -> Preset:
+    """Parse and validate a preset; every unknown key is an error naming key and file."""
+    path = preset_path(name_or_path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read preset ({exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: malformed TOML ({exc})") from None
+    unknown = sorted(set(data) - _TOP_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown preset key {unknown[0]!r} (allowed: description, [model], [train])")
+    model = build_dataclass(ModelConfig, data.get("model", {}), path, "model")
+    train = build_dataclass(TrainConfig, data.get("train", {}), path, "train")
+    return Preset(name=path.stem, path=path, description=str(data.get("description", "")), model=model, train=train)
+
+
+def build_dataclass(cls, table, path: Path | str, section: str):
+    """`cls(**table)` with unknown keys and wrongly typed values reported as ConfigError."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [{section}] must be a table")
+    known = {f.name: f for f in fields(cls)}
+    clean = {}
+    for key, value in table.items():
+        if key not in known:
+            raise ConfigError(f"{path}: unknown key {key!r} in [{section}] (known: {', '.join(sorted(known))})")
+        clean[key] = coerce(known[key], value, f"{path}: [{section}] {key}")
+    try:
+        return cls(**clean)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def coerce(field: dataclasses.Field, value, where: str):
+    """`value` checked against the type of the field's default; ints are accepted for floats."""
+    default = field.default
+    if default is dataclasses.MISSING:
+        return value
+    expected = type(default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ConfigError(f"{where} = {value!r} should be a {expected.__name__}")
+    return value
+
+
+def apply_overrides(cfg, overrides: dict | None, where: str = "overrides"):
+    """A copy of dataclass `cfg` with `overrides` applied (validated like preset keys)."""
+    if not overrides:
+        return cfg
+    known = {f.name: f for f in fields(cfg)}
+    clean = {}
+    for key, value in overrides.items():
+        if key not in known:
+            raise ConfigError(f"{where}: unknown {type(cfg).__name__} key {key!r} (known: {', '.join(sorted(known))})")
+        clean[key] = coerce(known[key], value, f"{where}: {key}")
+    return dataclasses.replace(cfg, **clean)
