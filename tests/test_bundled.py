@@ -46,3 +46,15 @@ def test_eval_of_the_bundled_checkpoint_reproduces_the_stored_figure(capsys):
     assert got["val_bpb"] == pytest.approx(want["val_bpb"], rel=1e-9, abs=1e-9)
     # And the model is far better than a unigram model on the same text.
     assert FIGURES["flat"]["val_bpb"] < 0.7 * FIGURES["unigram_bpb"]
+
+
+def test_a_safetensors_copy_of_the_bundled_checkpoint_loads_identically(tmp_path):
+    from safetensors.torch import save_file
+
+    model, cfg, _ = load_checkpoint(BUNDLED_CHECKPOINT)
+    path = tmp_path / "bundled.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    again, cfg2, _ = load_checkpoint(path)  # no config beside it: inferred from the shapes
+    assert cfg2 == cfg
+    for name, tensor in model.state_dict().items():
+        assert again.state_dict()[name].equal(tensor), name
