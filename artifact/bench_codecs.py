@@ -21,7 +21,6 @@ import numpy as np
 import pandas as pd
 
 from artifact import codec, rans
-from artifact.decoder import ans_decode
 from artifact.errors import DataError
 
 CODECS = ["zlib-9", "zstd-22", "lzma-9", "brotli-11", "deinterleave2+brotli-11", "ans"]

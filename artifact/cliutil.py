@@ -58,3 +58,30 @@ class Progress:
         tail = f" {extra}" if extra else ""
         print(f"{self.label}: {done}/{self.total} elapsed {elapsed:.1f}s eta {eta:.1f}s{tail}",
               file=sys.stderr, flush=True)
+
+
+def named_toml_files(folder) -> list[str]:
+    """Names (file stems) of the bundled TOML files in `folder`, sorted."""
+    from pathlib import Path
+
+    return sorted(p.stem for p in Path(folder).glob("*.toml"))
+
+
+def find_named_toml(name_or_path, folder, kind: str):
+    """The TOML file for a bundled name (a stem in `folder`) or an explicit path; `kind`
+    ("recipe", "preset") words the error."""
+    from pathlib import Path
+
+    from artifact.errors import ConfigError
+
+    text = str(name_or_path)
+    candidate = Path(text)
+    if text.endswith(".toml") or candidate.is_file():
+        if not candidate.is_file():
+            raise ConfigError(f"{candidate}: no such {kind} file")
+        return candidate
+    bundled = Path(folder) / f"{text}.toml"
+    if not bundled.is_file():
+        known = ", ".join(named_toml_files(folder))
+        raise ConfigError(f"unknown {kind} {text!r}; known {kind}s: {known} (or a path to a .toml file)")
+    return bundled

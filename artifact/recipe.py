@@ -66,6 +66,7 @@ from pathlib import Path
 from typing import Any
 
 from artifact.codec import parse_codec
+from artifact.cliutil import find_named_toml, named_toml_files
 from artifact.errors import CheckpointError, ConfigError
 from artifact.gptq import GPTQConfig
 from artifact.lqer import RECORD_FACTORS, SCALINGS
@@ -308,22 +309,13 @@ def _jsonable(v):
 # ------------------------------------------------------------------------------ loading
 
 def list_recipes() -> list[str]:
-    """Names of the bundled recipes (file stems under artifact/recipes/), sorted."""
-    return sorted(p.stem for p in RECIPE_DIR.glob("*.toml"))
+    """Names of the bundled recipes (file stems under recipes/), sorted."""
+    return named_toml_files(RECIPE_DIR)
 
 
 def recipe_path(name_or_path: str | Path) -> Path:
     """The TOML file of a bundled recipe name or an explicit path."""
-    text = str(name_or_path)
-    candidate = Path(text)
-    if text.endswith(".toml") or candidate.is_file():
-        if not candidate.is_file():
-            raise ConfigError(f"{candidate}: no such recipe file")
-        return candidate
-    bundled = RECIPE_DIR / f"{text}.toml"
-    if not bundled.is_file():
-        raise ConfigError(f"unknown recipe {text!r}; known recipes: {', '.join(list_recipes())} (or a path to a .toml file)")
-    return bundled
+    return find_named_toml(name_or_path, RECIPE_DIR, "recipe")
 
 
 def _read_toml(path: Path) -> dict:

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from analysis.cli import main
-from train.bundled import BUNDLED_CHECKPOINT, BUNDLED_DATA, BUNDLED_DIR, BUNDLED_FIGURES
+from train.bundled import BUNDLED_CHECKPOINT, BUNDLED_DIR, BUNDLED_FIGURES
 from train.checkpoint import load_checkpoint
 from train.model import baseline_state_dict_shapes
 

@@ -15,37 +15,24 @@ from artifact.calibrate import batches_from_tokens, collect_hessians, generate_c
 from artifact.errors import ConfigError, DataError
 from artifact.gptq import GPTQConfig, gptq_quantize
 from artifact.quant import ClipRule, QuantSpec, quantize_tensor, weighted_error
-from train.bundled import BUNDLED_CHECKPOINT, BUNDLED_DATA
+from helpers import bundled_model_and_tokens
 from train.model import GPT, ModelConfig
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors gain nothing from threads, and on a shared 2-core machine OpenMP threads
-    spin-wait for each other; one thread keeps these tests fast and steady."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------- the bundled checkpoint (shared)
 
 @functools.lru_cache(maxsize=1)
 def _bundled():
-    from train.checkpoint import load_checkpoint
-    from train.shards import load_tokens, resolve_data
-
-    if not (BUNDLED_CHECKPOINT / "model.pt").is_file():
+    got = bundled_model_and_tokens()
+    if got is None:
         return None
-    model, _, _ = load_checkpoint(BUNDLED_CHECKPOINT)
-    data = resolve_data(BUNDLED_DATA)
-    files = data.train_files or data.val_files
-    tokens = load_tokens(files[:1])
+    model, tokens = got
     batches = batches_from_tokens(tokens, n_seqs=16, seq_len=256, batch_size=8)
-    hessians = collect_hessians(model, batches, output_input_fn=model.hidden)
-    return model, tokens, hessians
+    return model, tokens, collect_hessians(model, batches, output_input_fn=model.hidden)
 
 
 def bundled_model():

@@ -18,14 +18,7 @@ from test_gptq import bundled_model, real_matrices
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors gain nothing from threads, and on a shared 2-core machine OpenMP threads
-    spin-wait for each other; one thread keeps these tests fast and steady."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 INT6 = QuantSpec(bits=6, clip=ClipRule("sdclip", k=12.85))
 INT8_FACTORS = (QuantSpec(bits=8), QuantSpec(bits=8))
 

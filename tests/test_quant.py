@@ -17,14 +17,7 @@ from artifact.quant import (ClipRule, QuantSpec, baseline_int8_state_dict,
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors gain nothing from threads, and on a shared 2-core machine OpenMP threads
-    spin-wait for each other; one thread keeps these tests fast and steady."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def heavy_tailed(rows=48, cols=128, seed=0, scale=0.02):

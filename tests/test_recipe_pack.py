@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import bundled_model_and_tokens
 import torch
 
 from artifact import decoder
@@ -23,7 +24,6 @@ from artifact.lqer import RECORD_FACTORS
 from artifact.pack import calibrate_for_recipe, pack_state_dict, recipe_needs_hessians
 from artifact.quant import baseline_int8, weighted_error
 from artifact.recipe import list_recipes, load_recipe
-from train.bundled import BUNDLED_CHECKPOINT, BUNDLED_DATA
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "tests" / "data" / "sample"
@@ -31,13 +31,7 @@ NAMED = ["baseline-int8-zlib", "record-1855", "seed-000", "seed-001", "seed-002"
 SMALL_CALIBRATION = {"calibration": {"n_seqs": 16, "seq_len": 128}}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors gain nothing from threads; on a shared 2-core machine one thread is steadier."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------ real models
@@ -63,16 +57,6 @@ def _trained_small(tmp: str):
     return model, tokens
 
 
-@functools.lru_cache(maxsize=1)
-def _bundled():
-    from train.checkpoint import load_checkpoint
-    from train.shards import load_tokens, resolve_data
-
-    if not (BUNDLED_CHECKPOINT / "model.pt").is_file():
-        return None
-    model, _, _ = load_checkpoint(BUNDLED_CHECKPOINT)
-    data = resolve_data(BUNDLED_DATA)
-    return model, load_tokens((data.train_files or data.val_files)[:1])
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +69,7 @@ def small(tmp_path_factory):
 def real(request, small):
     """(label, model, train tokens, Hessians of 16 x 128 train tokens)."""
     if request.param == "bundled":
-        got = _bundled()
+        got = bundled_model_and_tokens()
         if got is None:
             pytest.skip("bundled checkpoint train/bundled/checkpoint/model.pt is absent "
                         "(it is produced by the bundling step before landing)")

@@ -308,7 +308,6 @@ def train(preset: str | Path = DEFAULT_PRESET, data_dir: str | Path | None = Non
 
 
 def _train(spec, mcfg: ModelConfig, cfg: TrainConfig, rt: Runtime, data_dir, out_dir: Path, log_stream) -> dict:
-    device = rt.device
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     accum = cfg.grad_accum_steps or (8 // rt.world_size if 8 % rt.world_size == 0 else 1)

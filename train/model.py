@@ -11,7 +11,6 @@ per channel (`attn_scale`, `mlp_scale`).
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
 
 import torch

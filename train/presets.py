@@ -13,6 +13,7 @@ import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from artifact.cliutil import find_named_toml, named_toml_files
 from artifact.errors import ConfigError
 from train.loop import TrainConfig
 from train.model import ModelConfig
@@ -33,22 +34,13 @@ class Preset:
 
 
 def list_presets() -> list[str]:
-    """Names of the bundled presets (file stems under train/presets/), sorted."""
-    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+    """Names of the bundled presets (file stems under presets/), sorted."""
+    return named_toml_files(PRESET_DIR)
 
 
 def preset_path(name_or_path: str | Path) -> Path:
-    """The TOML file for a bundled preset name or an explicit path."""
-    text = str(name_or_path)
-    candidate = Path(text)
-    if text.endswith(".toml") or candidate.is_file():
-        if not candidate.is_file():
-            raise ConfigError(f"{candidate}: no such preset file")
-        return candidate
-    bundled = PRESET_DIR / f"{text}.toml"
-    if not bundled.is_file():
-        raise ConfigError(f"unknown preset {text!r}; known presets: {', '.join(list_presets())}")
-    return bundled
+    """The TOML file of a bundled preset name or an explicit path."""
+    return find_named_toml(name_or_path, PRESET_DIR, "preset")
 
 
 def load_preset(name_or_path: str | Path) -> Preset:
