@@ -216,6 +216,8 @@ class Quantized:
 def weighted_error(w: Tensor, w_hat: Tensor, hessian: Tensor | None = None) -> float:
     """trace((W - W_hat) H (W - W_hat)^T) in float64: the layer's output distortion summed over
     the calibration inputs (H = X^T X). Without H: the plain sum of squared errors (MSE * n)."""
+    if w.numel() == 0:  # e.g. skip_weights of a 1-layer GPT, shape (0, D)
+        return 0.0
     e = (w.double() - w_hat.double()).reshape(w.shape[0] if w.ndim > 1 else 1, -1)
     if hessian is None:
         return float((e * e).sum())

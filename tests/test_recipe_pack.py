@@ -310,3 +310,14 @@ def test_calibration_sources(small):
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(DataError, match="train tokens"):
         calibrate_for_recipe(model, load_recipe("seed-001"), None, model.hidden)
+
+
+def test_a_one_layer_model_with_empty_skip_weights_packs():
+    from train.model import GPT, ModelConfig
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=512, num_layers=1, model_dim=64, num_heads=2, num_kv_heads=1))
+    state = model.state_dict()
+    assert state["skip_weights"].numel() == 0
+    packed = pack_state_dict(state, load_recipe("seed-003"))
+    assert packed.dequantized["skip_weights"].shape == state["skip_weights"].shape
