@@ -20,7 +20,8 @@ from artifact.errors import GolfError
 
 # Modules that provide `register(subparsers)`; a module that does not exist yet is skipped so
 # the command line grows with the project.
-COMMAND_MODULES = ("train.cli", "artifact.cli", "analysis.commands", "analysis.compare")
+COMMAND_MODULES = ("train.cli", "artifact.cli", "analysis.commands", "analysis.compare", "analysis.report",
+                   "analysis.fit_command")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"golf {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`golf ... --json | head`): not an error of ours; stay quiet.
+        sys.stdout = open(os.devnull, "w")
+        return 0
 
 
 if __name__ == "__main__":
