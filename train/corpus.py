@@ -134,6 +134,12 @@ def split_text(text: str, max_bytes: int = MAX_DOC_BYTES, target_bytes: int = TA
         return [text]
     goal = total / math.ceil(total / target_bytes)
     pieces = [p for para in text.split("\n\n") for p in _cut_to_fit(para, max_bytes)]
+    return [d.strip() for d in _pack_pieces(pieces, max_bytes, goal) if d.strip()]
+
+
+def _pack_pieces(pieces: list[str], max_bytes: float, goal: float = math.inf) -> list[str]:
+    """Join consecutive pieces with blank lines into documents of at most max_bytes, closing a
+    document early once it is about `goal` bytes."""
     docs, current, size = [], [], 0
     for piece in pieces:
         n = _nbytes(piece) + 2
@@ -144,7 +150,7 @@ def split_text(text: str, max_bytes: int = MAX_DOC_BYTES, target_bytes: int = TA
         size += n
     if current:
         docs.append("\n\n".join(current))
-    return [d.strip() for d in docs if d.strip()]
+    return docs
 
 
 def _cut_to_fit(paragraph: str, max_bytes: int) -> list[str]:
@@ -170,17 +176,7 @@ def _cut_to_fit(paragraph: str, max_bytes: int) -> list[str]:
 
 def pack_units(units: Iterable[str], target_bytes: int = TARGET_DOC_BYTES) -> list[str]:
     """Pack consecutive small units (fortunes) into documents of about target_bytes."""
-    docs, current, size = [], [], 0
-    for unit in units:
-        n = _nbytes(unit) + 2
-        if current and size + n > target_bytes:
-            docs.append("\n\n".join(current))
-            current, size = [], 0
-        current.append(unit)
-        size += n
-    if current:
-        docs.append("\n\n".join(current))
-    return docs
+    return _pack_pieces(units, target_bytes)
 
 
 def source_documents(source: Source, root: Path) -> list[str]:
