@@ -60,16 +60,24 @@ def load_preset(name_or_path: str | Path) -> Preset:
     return Preset(name=path.stem, path=path, description=str(data.get("description", "")), model=model, train=train)
 
 
-def build_dataclass(cls, table, path: Path | str, section: str):
-    """`cls(**table)` with unknown keys and wrongly typed values reported as ConfigError."""
-    if not isinstance(table, dict):
-        raise ConfigError(f"{path}: [{section}] must be a table")
+def _coerced(cls, table: dict, unknown_message, where) -> dict:
+    """`table`'s values coerced to dataclass `cls`'s field types; an unknown key is a ConfigError
+    worded by `unknown_message(key, known_keys)`, a bad value one located by `where(key)`."""
     known = {f.name: f for f in fields(cls)}
     clean = {}
     for key, value in table.items():
         if key not in known:
-            raise ConfigError(f"{path}: unknown key {key!r} in [{section}] (known: {', '.join(sorted(known))})")
-        clean[key] = coerce(known[key], value, f"{path}: [{section}] {key}")
+            raise ConfigError(unknown_message(key, ", ".join(sorted(known))))
+        clean[key] = coerce(known[key], value, where(key))
+    return clean
+
+
+def build_dataclass(cls, table, path: Path | str, section: str):
+    """`cls(**table)` with unknown keys and wrongly typed values reported as ConfigError."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [{section}] must be a table")
+    clean = _coerced(cls, table, lambda k, known: f"{path}: unknown key {k!r} in [{section}] (known: {known})",
+                     lambda k: f"{path}: [{section}] {k}")
     try:
         return cls(**clean)
     except ConfigError as exc:
@@ -93,10 +101,7 @@ def apply_overrides(cfg, overrides: dict | None, where: str = "overrides"):
     """A copy of dataclass `cfg` with `overrides` applied (validated like preset keys)."""
     if not overrides:
         return cfg
-    known = {f.name: f for f in fields(cfg)}
-    clean = {}
-    for key, value in overrides.items():
-        if key not in known:
-            raise ConfigError(f"{where}: unknown {type(cfg).__name__} key {key!r} (known: {', '.join(sorted(known))})")
-        clean[key] = coerce(known[key], value, f"{where}: {key}")
+    clean = _coerced(type(cfg), overrides,
+                     lambda k, known: f"{where}: unknown {type(cfg).__name__} key {k!r} (known: {known})",
+                     lambda k: f"{where}: {k}")
     return dataclasses.replace(cfg, **clean)
