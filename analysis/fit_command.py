@@ -5,7 +5,8 @@
 
 measure (artifact.measure, cached) → solve + pack + repair (artifact.fit) → write the submission
 to OUT/submission → verify it in a fresh process (artifact.verify) → compare with fixed recipes.
-OUT also gets fit.json, tensors.csv and recipe.toml (the fit's choice as a recipe file); they
+OUT also gets fit.json, tensors.csv, candidates.csv (every measured candidate, the chosen ones
+marked: the report's rate–distortion curves) and recipe.toml (the fit's choice as a recipe file); they
 live beside the submission folder, not in it, so they are never counted against the budget.
 """
 
@@ -33,6 +34,7 @@ PROBE_SEQS = 32
 CALIBRATION_TOKENS = 64 * 1024
 CSV_COLUMNS = ("name", "layer", "kind", "params", "bits", "clip", "gptq", "lqer_rank", "prune", "codec", "bytes",
                "bits_per_weight", "share_of_budget", "distortion", "predicted_dloss")
+CANDIDATE_COLUMNS = ("name", "kind", "label", "bytes", "distortion", "predicted_dloss", "chosen")
 
 
 def register(sub) -> None:
@@ -55,6 +57,8 @@ def register(sub) -> None:
     p.add_argument("--compare-tokens", type=int, default=32768, help="val prefix for the comparison")
     add_json_flag(p)
     p.set_defaults(run=_run_fit, help_parser=p)
+    from analysis.ranking import register as register_rank_check
+    register_rank_check(sub)  # `golf rank-check`: predicted vs real Δloss over random configurations
 
 
 def parse_pins(items: list[str]) -> dict[str, str]:
@@ -133,6 +137,30 @@ def prepare(checkpoint=None, data=None, cache=DEFAULT_CACHE, grid=None, progress
             "calibration": calibration, "measurement": measurement, "data": paths, "seq_len": seq_len}
 
 
+def _layer_kind(name: str) -> tuple[int | str, str]:
+    m = re.match(r"blocks\.(\d+)\.(.*)\.weight$", name)
+    return (int(m.group(1)), m.group(2)) if m else ("", name.removesuffix(".weight"))
+
+
+def candidate_rows(measurement, choices: dict[str, str]) -> list[dict]:
+    """Every measured candidate of every tensor (CANDIDATE_COLUMNS), the fit's choice marked."""
+    rows = []
+    for name, t in measurement.tensors.items():
+        kind = _layer_kind(name)[1]
+        for label, fig in t.candidates.items():
+            rows.append({"name": name, "kind": kind, "label": label, "bytes": fig["bytes"],
+                         "distortion": fig["distortion"], "predicted_dloss": t.predicted_dloss(label),
+                         "chosen": choices.get(name) == label})
+    return rows
+
+
+def write_csv(path: Path, columns, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        w.writerows(rows)
+
+
 def tensor_rows(measurement, choices: dict[str, str], budget_bytes: int) -> list[dict]:
     """The per-tensor table (CSV_COLUMNS) of a fit's choice."""
     from artifact.measure import Choice
@@ -141,8 +169,8 @@ def tensor_rows(measurement, choices: dict[str, str], budget_bytes: int) -> list
     for name, label in choices.items():
         t, c = measurement.tensors[name], Choice.parse(label)
         fig = t.candidates[label]
-        m = re.match(r"blocks\.(\d+)\.(.*)\.weight$", name)
-        rows.append({"name": name, "layer": int(m.group(1)) if m else "", "kind": m.group(2) if m else name.removesuffix(".weight"),
+        layer, kind = _layer_kind(name)
+        rows.append({"name": name, "layer": layer, "kind": kind,
                      "params": t.params, "bits": c.bits, "clip": c.clip, "gptq": c.gptq, "lqer_rank": c.lqer_rank,
                      "prune": 0.0, "codec": c.codec, "bytes": fig["bytes"],
                      "bits_per_weight": fig["bytes"] * 8 / t.params, "share_of_budget": fig["bytes"] / budget_bytes,
@@ -194,7 +222,7 @@ def _run_fit(args) -> int:
             result["compare"] = _compare(args, p, res, out / "recipe.toml", budget)
     result["seconds"] = time.perf_counter() - t0
     if not args.dry_run:
-        _write_reports(out, result)
+        _write_reports(out, result, candidate_rows(m, res.choices))
     emit(result, args.json, _text)
     return 0
 
@@ -213,16 +241,15 @@ def _compare(args, p, res, recipe_file: Path, budget) -> list[dict]:
     return [{k: plain(k, v) for k, v in row.items()} for row in table.to_dict(orient="records")]
 
 
-def _write_reports(out: Path, result: dict) -> None:
-    """fit.json + tensors.csv, then the report (CSV, Markdown, self-contained HTML with plots)."""
+def _write_reports(out: Path, result: dict, candidates: list[dict]) -> None:
+    """fit.json + tensors.csv + candidates.csv, then the report (CSV, Markdown, self-contained
+    HTML with plots)."""
     from analysis.report import load_fit_tables, write_report
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "fit.json").write_text(json.dumps(result, indent=1, sort_keys=True, default=str) + "\n")
-    with open(out / "tensors.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-        w.writeheader()
-        w.writerows(result["tensors"])
+    write_csv(out / "tensors.csv", CSV_COLUMNS, result["tensors"])
+    write_csv(out / "candidates.csv", CANDIDATE_COLUMNS, candidates)
     paths = write_report(out, load_fit_tables(out))
     result["report"] = str(paths["html"])
 
@@ -254,7 +281,7 @@ def _text(r: dict) -> str:
             tb = f"{c['total_bytes']:,}" if c.get("total_bytes") is not None else "-"
             fits = "" if c.get("fits") is None else ("yes" if c["fits"] else "NO")
             lines.append(f"{str(c['recipe']):<28} {tb:>12} {c['val_bpb']:>10.6f} {c['gap']:>+9.6f}  {fits}")
-    lines += ["", f"wrote        {r['submission']} (+ fit.json, tensors.csv, recipe.toml beside it)",
+    lines += ["", f"wrote        {r['submission']} (+ fit.json, tensors.csv, candidates.csv, recipe.toml beside it)",
               f"report       {r.get('report', '-')}",
               f"time         {r['seconds']:.1f} s", r["line"]]
     return "\n".join(lines)

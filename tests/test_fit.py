@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from analysis.commands import ship_modules
-from analysis.fit_command import prepare
+from analysis.fit_command import CANDIDATE_COLUMNS, CSV_COLUMNS, candidate_rows, prepare, tensor_rows, write_csv
 from artifact.budget import count_submission, resolve_budget
 from artifact.container import build_blob
 from artifact.errors import ConfigError
@@ -104,3 +104,28 @@ def test_cli_rejects_a_malformed_pin():
     proc = subprocess.run([sys.executable, "-m", "analysis.cli", "fit", "--pin", "tok_emb.weight", "--dry-run"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "expected NAME=LABEL" in proc.stderr
+
+
+def test_candidates_csv_holds_every_candidate_and_marks_the_choice(prepared, tmp_path):
+    from analysis.plots import rate_distortion_png
+    from analysis.report import load_fit_tables
+
+    res, budget = _fit(prepared, 330_000, dry_run=True)
+    m = prepared["measurement"]
+    rows = candidate_rows(m, res.choices)
+    assert len(rows) == sum(len(t.candidates) for t in m.tensors.values())
+    chosen = {r["name"]: r["label"] for r in rows if r["chosen"]}
+    assert chosen == res.choices  # exactly the fit's choice, one per tensor
+    write_csv(tmp_path / "tensors.csv", CSV_COLUMNS, tensor_rows(m, res.choices, budget.bytes))
+    write_csv(tmp_path / "candidates.csv", CANDIDATE_COLUMNS, rows)
+    table = load_fit_tables(tmp_path)["candidates"]
+    assert list(table.columns[:len(CANDIDATE_COLUMNS)]) == list(CANDIDATE_COLUMNS)
+    assert len(table) == len(rows) and set(table["name"]) == set(m.tensors)
+    assert table["chosen"].astype(str).str.lower().eq("true").sum() == len(m.tensors)
+    fc = table[table["name"] == "blocks.0.mlp.fc.weight"].set_index("label")
+    t = m.tensors["blocks.0.mlp.fc.weight"]
+    for label, fig in t.candidates.items():
+        assert fc.loc[label, "bytes"] == fig["bytes"]
+        assert fc.loc[label, "predicted_dloss"] == pytest.approx(t.predicted_dloss(label))
+    assert fc["kind"].iloc[0] == "mlp.fc" and table["layer"].notna().any()
+    assert rate_distortion_png(load_fit_tables(tmp_path)["tensors"], table)[:4] == b"\x89PNG"

@@ -1,0 +1,157 @@
+"""`golf rank-check`: does the fit's predicted loss rank real loss across whole-model configurations?
+
+    golf rank-check [CKPT] [--data DIR] [-n N] [--seed S] [--max-tokens T] [--cache DIR] [--json]
+
+Draws N random configurations (one measured candidate per quantizable tensor, uniform over each
+tensor's list, deterministic in the seed), and for each compares the measurement's predicted
+Δloss (Σ of the tensors' predicted_dloss) with the real one: the configuration is packed exactly
+as `golf fit` packs its choice (`fit.build_recipe` → `pack.pack_state_dict`), the decoder's
+dequantized weights are loaded, and the flat val loss on a val prefix minus the unquantized loss
+is the real Δloss (both in nats per token). The figure is their Spearman rank correlation.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+from artifact.cliutil import add_json_flag, emit
+from artifact.errors import DataError
+
+DEFAULT_CONFIGS = 20
+DEFAULT_TOKENS = 16384
+
+
+def average_ranks(values) -> np.ndarray:
+    """1-based ranks; tied values share the mean of the ranks they span."""
+    a = np.asarray(values, dtype=np.float64)
+    order = np.argsort(a, kind="stable")
+    ranks = np.empty(a.size, dtype=np.float64)
+    ranks[order] = np.arange(1, a.size + 1)
+    _, group = np.unique(a, return_inverse=True)
+    return (np.bincount(group, weights=ranks) / np.bincount(group))[group]
+
+
+def pearson(x, y) -> float:
+    """Pearson correlation; DataError when either side is constant (it is undefined)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1 or x.size < 2:
+        raise DataError(f"correlation needs two 1-D sequences of equal length >= 2, got {x.shape} and {y.shape}")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise DataError("correlation of non-finite values")
+    dx, dy = x - x.mean(), y - y.mean()
+    denom = float(np.sqrt((dx * dx).sum() * (dy * dy).sum()))
+    if denom == 0.0:
+        raise DataError("correlation is undefined: one sequence is constant")
+    return float(np.clip((dx * dy).sum() / denom, -1.0, 1.0))
+
+
+def spearman(x, y) -> float:
+    """Spearman rank correlation (Pearson on average ranks, so ties are handled)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1:
+        raise DataError(f"correlation needs two 1-D sequences of equal length, got {x.shape} and {y.shape}")
+    return pearson(average_ranks(x), average_ranks(y))
+
+
+def random_configs(measurement, n: int, seed: int = 0) -> list[dict[str, str]]:
+    """n whole-model choices {tensor: label}, each tensor's label uniform over its candidates.
+    The packer takes one LQER rank per artifact, so each configuration first draws one nonzero
+    rank from the grid and draws among the candidates at rank 0 or that rank."""
+    from artifact.measure import Choice
+
+    rng = np.random.default_rng(seed)
+    nonzero = sorted({r for r in measurement.grid.lqer_ranks if r})
+    configs = []
+    for _ in range(n):
+        rank = int(rng.choice(nonzero)) if nonzero else 0
+        choice = {}
+        for name, t in measurement.tensors.items():
+            labels = [l for l in t.candidates if Choice.parse(l).lqer_rank in (0, rank)]
+            choice[name] = labels[int(rng.integers(len(labels)))]
+        configs.append(choice)
+    return configs
+
+
+def ranking_check(checkpoint=None, data=None, n_configs: int = DEFAULT_CONFIGS, seed: int = 0,
+                  max_tokens: int | None = DEFAULT_TOKENS, cache=None, grid=None, progress: bool = True) -> dict:
+    """Predicted vs real Δloss over `n_configs` random configurations of `checkpoint` (default:
+    bundled). Returns {spearman, pearson, pairs: [{config, predicted_dloss, real_dloss,
+    predicted_bytes, choices}], base_loss, n_configs, seed, max_tokens, seconds, ...}.
+    `cache` is the measurement cache (default: `golf fit`'s); `grid` the candidate grid."""
+    from analysis.fit_command import DEFAULT_CACHE, prepare
+    from artifact.errors import ConfigError
+    from artifact.fit import build_recipe
+    from artifact.pack import pack_state_dict
+    from train.byte_count import ByteCounter
+    from train.evaluate import eval_flat, load_val
+
+    if n_configs < 2:
+        raise ConfigError(f"rank check needs at least 2 configurations, got {n_configs}")
+    t0 = time.perf_counter()
+    p = prepare(checkpoint, data, DEFAULT_CACHE if cache is None else cache, grid, progress)
+    model, cfg, state, m = p["model"], p["cfg"], p["state"], p["measurement"]
+    counter = ByteCounter.from_sentencepiece(p["data"].require_tokenizer(), cfg.vocab_size)
+    tokens, sidecar = load_val(p["data"], cfg.vocab_size)
+    if max_tokens:
+        tokens = tokens[:max_tokens]
+        sidecar = None if sidecar is None else sidecar[:max_tokens]
+
+    def val_loss() -> float:
+        return eval_flat(model, tokens, counter, p["seq_len"], batch_seqs=16, device="cpu",
+                         sidecar=sidecar, progress=False).val_loss
+
+    base = val_loss()
+    pairs = []
+    try:
+        for i, choices in enumerate(random_configs(m, n_configs, seed)):
+            recipe = build_recipe(choices, p["calibration"], m.grid.lqer_codec, m.grid.scales_codec)
+            packed = pack_state_dict(state, recipe, p["hessians"], predict_sizes=False)
+            model.load_state_dict({k: packed.dequantized[k].to(v.dtype) for k, v in state.items()})
+            real = val_loss() - base
+            predicted = sum(m.tensors[n].predicted_dloss(l) for n, l in choices.items())
+            pairs.append({"config": i, "predicted_dloss": float(predicted), "real_dloss": float(real),
+                          "predicted_bytes": int(sum(m.tensors[n].candidates[l]["bytes"] for n, l in choices.items())),
+                          "choices": choices})
+            if progress:
+                print(f"rank-check: {i + 1}/{n_configs} predicted {predicted:.4f} real {real:.4f} nats "
+                      f"{time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
+    finally:
+        model.load_state_dict(state)
+    pred = [q["predicted_dloss"] for q in pairs]
+    real = [q["real_dloss"] for q in pairs]
+    return {"checkpoint": str(checkpoint or "bundled"), "n_configs": n_configs, "seed": seed,
+            "max_tokens": max_tokens, "val_tokens": int(len(tokens)), "base_loss": base,
+            "spearman": spearman(pred, real), "pearson": pearson(pred, real), "pairs": pairs,
+            "measure": m.stats, "seconds": time.perf_counter() - t0}
+
+
+def register(sub) -> None:
+    p = sub.add_parser("rank-check", help="rank correlation of the fit's predicted vs real loss increase",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("checkpoint", nargs="?", default=None, help="checkpoint (default: the bundled one)")
+    p.add_argument("--data", default=None, help="data root for calibration and val (default: bundled data)")
+    p.add_argument("-n", "--configs", type=int, default=DEFAULT_CONFIGS, help="random configurations to score")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random configurations")
+    p.add_argument("--max-tokens", type=int, default=DEFAULT_TOKENS, help="val prefix scored (0 = all)")
+    p.add_argument("--cache", default=None, help="measurement cache folder (default: golf fit's)")
+    add_json_flag(p)
+    p.set_defaults(run=_run, help_parser=p)
+
+
+def _run(args) -> int:
+    result = ranking_check(args.checkpoint, args.data, args.configs, args.seed, args.max_tokens or None, args.cache)
+    emit(result, args.json, _text)
+    return 0
+
+
+def _text(r: dict) -> str:
+    lines = [f"{'config':>6} {'pred bytes':>10} {'predicted dloss':>15} {'real dloss':>11}"]
+    for q in r["pairs"]:
+        lines.append(f"{q['config']:>6} {q['predicted_bytes']:>10,} {q['predicted_dloss']:>15.5f} {q['real_dloss']:>11.5f}")
+    lines += ["", f"{r['n_configs']} random configurations of {r['checkpoint']}, seed {r['seed']}, "
+                  f"{r['val_tokens']:,} val tokens (unquantized loss {r['base_loss']:.5f} nats)",
+              f"spearman={r['spearman']:.4f}  pearson={r['pearson']:.4f}  time {r['seconds']:.1f} s"]
+    return "\n".join(lines)
