@@ -110,7 +110,7 @@ def _plain(value):
     return str(value)
 
 
-def _calibration(model, cfg, recipe, data_arg):
+def recipe_hessians(model, cfg, recipe, data_arg):
     """Hessians when the recipe needs them (train tokens from `data_arg`, default the bundled
     data); (None, None) otherwise. Returns (hessians, dataset name or None)."""
     from artifact.pack import calibrate_for_recipe, recipe_needs_hessians
@@ -145,7 +145,7 @@ def _run_pack(args) -> int:
     seq_len = args.seq_len or train_seq_len(meta) or DEFAULT_SEQ_LEN
     if seq_len < 1:
         raise ConfigError(f"--seq-len {seq_len} must be >= 1")
-    hessians, calib_data = _calibration(model, cfg, recipe, args.data)
+    hessians, calib_data = recipe_hessians(model, cfg, recipe, args.data)
     state = {k: v.detach() for k, v in model.state_dict().items()}
     packed = pack_state_dict(state, recipe, hessians, progress=Progress("pack", len(state)))
     info = {

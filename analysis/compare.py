@@ -23,7 +23,7 @@ def compare_recipes(checkpoint=None, recipes=DEFAULT_RECIPES, data=None, budget=
     """One row per recipe (plus the unquantized reference): recipe, model_bytes, code_bytes,
     total_bytes, val_bpb, gap (val_bpb − unquantized), and fits/headroom when `budget` is given."""
 
-    from analysis.commands import _calibration, ship_modules, train_seq_len
+    from analysis.commands import recipe_hessians, ship_modules, train_seq_len
     from artifact.budget import resolve_budget
     from artifact.pack import pack_state_dict, recipe_needs_hessians
     from artifact.recipe import load_recipe
@@ -61,7 +61,7 @@ def compare_recipes(checkpoint=None, recipes=DEFAULT_RECIPES, data=None, budget=
             key = repr(recipe.calibration)
             if key not in hessian_cache:
                 model.load_state_dict(original)
-                hessian_cache[key] = _calibration(model, cfg, recipe, data)[0]
+                hessian_cache[key] = recipe_hessians(model, cfg, recipe, data)[0]
             hessians = hessian_cache[key]
         packed = pack_state_dict(original, recipe, hessians, predict_sizes=False)
         files = plan_files(packed.entries, cfg.to_dict(), {"seq_len": seq_len}, ship_modules(), compact=compact)
