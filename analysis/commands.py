@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 
 from artifact.budget import count_submission, resolve_budget
-from artifact.cliutil import Progress, add_json_flag, emit
+from artifact.cliutil import Progress, add_code_form_flags, add_json_flag, emit
 from artifact.container import inspect as inspect_blob
 from artifact.errors import ArtifactError, ConfigError
 from artifact.submission import BLOB, MARKER, check_out_dir, is_submission, write_submission
@@ -31,6 +31,8 @@ SHIPPED_MODULES = (
     "artifact/decoder.py",
     "artifact/cliutil.py",
     "train/model.py",
+    "train/layers.py",
+    "train/embeddings.py",
     "train/shards.py",
     "train/byte_count.py",
     "train/tokenizer.py",
@@ -63,8 +65,7 @@ def _register_pack(sub) -> None:
     p.add_argument("--budget", default=None, help="budget name in budgets.toml or a byte count (default: demo)")
     p.add_argument("--seq-len", type=int, default=None,
                    help="eval seq_len recorded in config.json (default: the checkpoint's training seq_len)")
-    p.add_argument("--compact", action="store_true",
-                   help="ship one self-extracting run.py (minified, compressed sources) instead of the modules")
+    add_code_form_flags(p)
     add_json_flag(p)
     p.set_defaults(run=_run_pack, help_parser=p)
 

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from artifact.cliutil import add_json_flag, emit
+from artifact.cliutil import add_code_form_flags, add_json_flag, emit
 
 DEFAULT_RECIPES = ("baseline-int8-zlib", "seed-000", "seed-001", "seed-002", "seed-003", "seed-004", "record-1855")
 
 
 def compare_recipes(checkpoint=None, recipes=DEFAULT_RECIPES, data=None, budget=None, max_tokens=None,
-                    compact: bool = False, batch_seqs: int = 16) -> pd.DataFrame:
+                    compact: bool = True, batch_seqs: int = 16) -> pd.DataFrame:
     """One row per recipe (plus the unquantized reference): recipe, model_bytes, code_bytes,
     total_bytes, val_bpb, gap (val_bpb − unquantized), and fits/headroom when `budget` is given."""
 
@@ -87,7 +87,7 @@ def register(sub) -> None:
     p.add_argument("--data", default=None, help="data folder (default: the bundled data)")
     p.add_argument("--budget", default=None, help="budget name or bytes: adds fits/headroom columns")
     p.add_argument("--max-tokens", type=int, default=None, help="score only a prefix of the val tokens")
-    p.add_argument("--compact", action="store_true", help="count code as the self-extracting stub")
+    add_code_form_flags(p)
     p.add_argument("--csv", type=Path, default=None, help="also write the table as CSV")
     add_json_flag(p)
     p.set_defaults(run=_run, help_parser=p)

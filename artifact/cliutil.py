@@ -18,6 +18,17 @@ def add_json_flag(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
 
+def add_code_form_flags(parser) -> None:
+    """`--compact` (the default: one self-extracting run.py, minified and compressed sources) or
+    `--plain-code` (the readable modules as they are). Counted code bytes differ by ~60 KB, so
+    every command that packs or counts a submission takes the same pair."""
+    form = parser.add_mutually_exclusive_group()
+    form.add_argument("--compact", dest="compact", action="store_true", default=True,
+                      help="ship one self-extracting run.py with minified, compressed sources (default)")
+    form.add_argument("--plain-code", dest="compact", action="store_false",
+                      help="ship the readable modules as they are (more code bytes counted)")
+
+
 def emit(result: dict[str, Any], as_json: bool, text: Callable[[dict[str, Any]], str] | None = None) -> None:
     """Print a command's result: JSON when asked, else `text(result)` or `key: value` lines."""
     if as_json:

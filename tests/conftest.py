@@ -17,3 +17,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def sample_data(tmp_path_factory):
+    """tests/data/sample (real English text) built into sp1024 shards: 3 train shards, 1 val of
+    12 documents — small enough that a training run's final full-val eval takes a moment."""
+    from pathlib import Path
+
+    from train.data_build import build_dataset
+
+    out = tmp_path_factory.mktemp("data") / "sample"
+    sample = Path(__file__).parent / "data" / "sample"
+    build_dataset(sample, out, vocab_size=1024, val_docs=12, name="sample", shard_tokens=40_000, progress=False)
+    return out

@@ -165,6 +165,8 @@ def test_build_layout_and_manifest(built, docs):
     assert s["tokens_total"] == s["tokens_val"] + s["tokens_train"]
     assert m["tokenizer"]["trainer_settings"]["byte_fallback"] is True
     assert m["datasets"][0]["stats"] == s and m["vocab_size"] == VOCAB
+    assert m["case_transform"] is None and m["byte_rule"] == "tokenizer tables"
+    assert "user_defined_symbols" not in m["tokenizer"]["trainer_settings"]
     assert sum(v["docs"] for v in m["corpus"]["sources"].values()) == len(docs)
     assert not list(built.parent.glob(".data.*"))  # no temp folder left behind
     paths = resolve_data(built)

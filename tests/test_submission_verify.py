@@ -61,7 +61,7 @@ def folder_bytes(folder: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def plain(tmp_path_factory) -> Path:
-    return pack(tmp_path_factory.mktemp("plain") / "sub")
+    return pack(tmp_path_factory.mktemp("plain") / "sub", "--plain-code")
 
 
 @pytest.fixture(scope="module")

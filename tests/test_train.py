@@ -17,25 +17,21 @@ import torch
 from artifact.errors import ConfigError, DataError
 from train.byte_count import ByteCounter
 from train.checkpoint import load_checkpoint
-from train.data_build import build_dataset
 from train.evaluate import eval_flat
-from train.loader import BatchLoader, TokenStream
-from train.loop import TrainConfig, train
+from train.loader import BatchLoader, BosAlignedLoader, TokenStream
+from train.loop import TrainConfig, check_batch_split, train
 from train.model import GPT, ModelConfig
-from train.optim import Muon, build_optimizers, lr_multiplier, muon_momentum_at, newton_schulz5
+from train.optim import (
+    Muon,
+    build_optimizers,
+    lr_multiplier,
+    muon_momentum_at,
+    newton_schulz5,
+)
 from train.presets import list_presets, load_preset
 from train.shards import load_tokens, resolve_data, write_shard
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "tests" / "data" / "sample"
-
-
-@pytest.fixture(scope="module")
-def sample_data(tmp_path_factory) -> Path:
-    """tests/data/sample (real English text) built into sp1024 shards: 3 train shards, 1 val."""
-    out = tmp_path_factory.mktemp("data") / "sample"
-    build_dataset(SAMPLE, out, vocab_size=1024, val_docs=12, name="sample", shard_tokens=40_000, progress=False)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +79,66 @@ def test_loader_rejects_ids_beyond_vocab_and_bad_batch(tmp_path):
         BatchLoader(files, vocab_size=50).next_batch(64, 8)
     with pytest.raises(ConfigError, match="multiple of seq_len"):
         BatchLoader(files).next_batch(60, 8)
+
+
+def _write_documents(folder: Path, lengths: list[int]) -> list[Path]:
+    """One shard of documents [BOS=1, 100, 101, ...] (content ids count up across documents)."""
+    tokens, nxt = [], 100
+    for n in lengths:
+        tokens += [1] + list(range(nxt, nxt + n - 1))
+        nxt += n - 1
+    return [write_shard(folder / "d_train_000000.bin", np.array(tokens))]
+
+
+def test_bos_aligned_loader_starts_at_documents_splits_long_ones_and_counts_drops(tmp_path):
+    files = _write_documents(tmp_path, [5, 3, 12, 4, 2])
+    loader = BosAlignedLoader(files, bos_id=1)
+    seqs = [loader.next_sequence(5).tolist() for _ in range(6)]
+    assert seqs == [
+        [1, 100, 101, 102, 103],   # a whole document
+        [1, 104, 105, 1, 106],     # two documents; the 12-token one is cut ...
+        [107, 108, 109, 110, 111],  # ... but its tail is a whole sequence long: split, not dropped
+        [112, 113, 114, 115, 116],
+        [1, 117, 118, 119, 1],     # cut in the last document: its 1-token tail (120) is dropped
+        [1, 100, 101, 102, 103],   # wrapped around to the first document
+    ]
+    assert loader.tokens_skipped == 1
+
+
+def test_bos_aligned_ranks_see_the_sequences_of_one_process_with_micro_steps(tmp_path):
+    files = _write_documents(tmp_path, [7, 30, 9, 4, 50, 3, 11] * 3)
+    single = BosAlignedLoader(files, 1)
+    micro = [single.next_batch(32, 8, 2) for _ in range(6)]  # 3 steps x 2 micro-steps of 2 sequences
+    ranks = [BosAlignedLoader(files, 1, rank=r, world_size=2) for r in range(2)]
+    for step in range(3):
+        for r in range(2):
+            x, y = ranks[r].next_batch(32, 8, 1)
+            assert x.shape == (2, 8) and torch.equal(x[:, 1:], y[:, :-1])
+            assert torch.equal(x, micro[2 * step + r][0]) and torch.equal(y, micro[2 * step + r][1])
+    assert not torch.equal(micro[0][0], micro[1][0])
+
+
+def test_bos_aligned_without_bos_is_a_data_error(tmp_path):
+    files = [write_shard(tmp_path / "n_train_000000.bin", np.arange(2, 300))]
+    with pytest.raises(DataError, match="no BOS"):
+        BosAlignedLoader(files, 1).next_batch(64, 8)
+
+
+def test_training_with_bos_aligned_loader(sample_data, tmp_path):
+    figures = train("tiny-cpu", sample_data, tmp_path / "bos", {"iterations": 6, "val_every": 0, "loader": "bos_aligned"})
+    assert figures["steps"] == 6 and np.isfinite(figures["val_bpb"])
+    assert "loader:bos_aligned" in (tmp_path / "bos/train_log.txt").read_text()
+
+
+def test_world_size_that_does_not_split_the_batch_fails_before_any_work(tmp_path):
+    cfg = TrainConfig(seq_len=64, batch_tokens=2048, grad_accum_steps=1)
+    assert check_batch_split(cfg, 2) == 2048
+    with pytest.raises(ConfigError, match="world size 3"):
+        check_batch_split(cfg, 3)
+    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "3", "LOCAL_RANK": "0"}
+    proc = _golf("train", "--preset", "tiny-cpu", "--out", str(tmp_path / "never"), env=env)
+    assert proc.returncode == 2 and "world size 3" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "never").exists()
 
 
 # ---------------------------------------------------------------------------------- optimiser
@@ -150,6 +206,8 @@ def test_bundled_presets_load():
     ("[optim]\nlr = 1\n", "optim"),
     ("[train]\niterations = \"many\"\n", "iterations"),
     ("[train\n", "malformed"),
+    ("[train]\nqat_recipe = \"nope\"\n", "qat_recipe"),
+    ("[train]\nwarmdown_shape = \"square\"\n", "warmdown_shape"),
 ])
 def test_bad_preset_raises_config_error_naming_key_and_file(tmp_path, body, needle):
     path = tmp_path / "mine.toml"
@@ -253,8 +311,10 @@ def test_cli_errors_are_one_line(sample_data, tmp_path):
 @pytest.mark.slow
 def test_torchrun_two_ranks_match_one_process_with_two_micro_steps(sample_data, tmp_path):
     """gloo DDP over 2 CPU ranks sees exactly the tokens of one process doing 2 micro-steps, and
-    Muon splits its work across ranks; the weights must agree to float rounding."""
-    common = ["--preset", "tiny-cpu", "--data", str(sample_data), "--max-steps", "6", "--set", "val_every=0"]
+    Muon splits its work across ranks (with weight decay, and EMA-averaged final weights); the
+    weights must agree to float rounding."""
+    common = ["--preset", "tiny-cpu", "--data", str(sample_data), "--max-steps", "6", "--set", "val_every=0",
+              "--set", "muon_weight_decay=0.1", "--set", "ema_decay=0.5", "--set", "embed_weight_decay=0.05"]
     single = _golf("train", *common, "--out", str(tmp_path / "one"), "--set", "grad_accum_steps=2")
     assert single.returncode == 0, single.stderr
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -263,8 +323,23 @@ def test_torchrun_two_ranks_match_one_process_with_two_micro_steps(sample_data, 
          "-m", "analysis.cli", "train", *common, "--out", str(tmp_path / "two"), "--set", "grad_accum_steps=1"],
         cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "world_size:2" in (tmp_path / "two/train_log.txt").read_text()
+    two_log = (tmp_path / "two/train_log.txt").read_text()
+    assert "world_size:2" in two_log and "averaged (ema_decay:0.5)" in two_log
     a = torch.load(tmp_path / "one/model.pt", weights_only=True)
     b = torch.load(tmp_path / "two/model.pt", weights_only=True)
     for name in a:
         assert torch.allclose(a[name], b[name], atol=2e-4, rtol=1e-3), name
+
+
+def test_bench_train_reports_ms_per_step_and_tokens_per_second():
+    proc = _golf("bench-train", "--presets", "tiny-cpu,baseline-cpu", "--steps", "2", "--warmup", "1",
+                 "--device", "cpu", "--cpu-batch-seqs", "2", "--set", "muon_orthogonalizer=\"polar_express\"", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)["results"]
+    assert [r["preset"] for r in rows] == ["tiny-cpu", "baseline-cpu"]
+    for r in rows:
+        assert r["device"] == "cpu" and r["steps"] == 2 and r["ms_per_step"] > 0
+        assert r["tokens_per_step"] == 2 * r["seq_len"]
+        assert r["tokens_per_second"] == pytest.approx(r["tokens_per_step"] * 1000 / r["ms_per_step"], rel=0.01)
+    bad = _golf("bench-train", "--presets", "tiny-cpu", "--steps", "1", "--set", "ema_decay=2.0")
+    assert bad.returncode == 2 and "ema_decay" in bad.stderr

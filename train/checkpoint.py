@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from artifact.errors import CheckpointError, ConfigError
-from train.model import GPT, ModelConfig, baseline_state_dict_shapes
+from train.model import GPT, ModelConfig, state_dict_shapes
 
 MODEL_FILE = "model.pt"
 CONFIG_FILE = "config.json"
@@ -178,7 +178,9 @@ def read_config(path: Path) -> tuple[ModelConfig, dict]:
 
 
 def infer_config(state: dict[str, torch.Tensor], path: Path) -> ModelConfig:
-    """Recover the model shape from tensor shapes (for a bare `final_model.pt`)."""
+    """Recover the model shape from tensor shapes (for a bare `final_model.pt`). Only the
+    baseline layout can be inferred: switches (extra tensors, or ones that change no shape)
+    need the config.json saved with the checkpoint."""
 
     def need(name: str, ndim: int) -> torch.Tensor:
         if name not in state:
@@ -193,6 +195,7 @@ def infer_config(state: dict[str, torch.Tensor], path: Path) -> ModelConfig:
                                   f"{what} ({num} is not a multiple of {den})")
         return num // den
 
+    _refuse_switch_tensors(state, path)
     vocab, dim = need("tok_emb.weight", 2).shape
     layer_ids = {int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))}
     if not layer_ids:
@@ -211,9 +214,22 @@ def infer_config(state: dict[str, torch.Tensor], path: Path) -> ModelConfig:
         raise CheckpointError(f"{path}: inferred an impossible model config: {exc}") from None
 
 
+def _refuse_switch_tensors(state: dict[str, torch.Tensor], path: Path) -> None:
+    """A bare state dict holding tensors outside the baseline layout came from a model with
+    switches on, whose config the shapes cannot tell: ask for its config.json."""
+    baseline = re.compile(r"(tok_emb\.weight|skip_weights|lm_head\.weight|blocks\.\d+\.(attn_scale|mlp_scale|resid_mix"
+                          r"|attn\.(q_gain|c_q\.weight|c_k\.weight|c_v\.weight|proj\.weight)|mlp\.(fc|proj)\.weight))")
+    extra = sorted(n for n in state if not baseline.fullmatch(n))
+    if extra:
+        more = f" (+{len(extra) - 5} more)" if len(extra) > 5 else ""
+        raise CheckpointError(f"{path}: tensors {extra[:5]}{more} are not in the baseline layout (a model with switches "
+                              f"on?); the config cannot be inferred from shapes: put the checkpoint's {CONFIG_FILE} "
+                              f"beside it")
+
+
 def validate_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig, path: Path) -> None:
     """Exactly the names and shapes `cfg` needs, or one error naming what differs."""
-    expected = baseline_state_dict_shapes(cfg)
+    expected = state_dict_shapes(cfg)
     missing = [n for n in expected if n not in state]
     if missing:
         more = f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""
@@ -230,4 +246,4 @@ def validate_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig, path: 
 
 def checkpoint_parameter_bytes(cfg: ModelConfig) -> int:
     """Bytes of the fp32 state dict's tensor data for `cfg` (excluding torch.save overhead)."""
-    return 4 * sum(math.prod(s) for s in baseline_state_dict_shapes(cfg).values())
+    return 4 * sum(math.prod(s) for s in state_dict_shapes(cfg).values())

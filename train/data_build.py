@@ -9,6 +9,12 @@ which is trained (challenge settings, train.tokenizer) on the rest; every docume
     OUT/tokenizers/<name>_<V>_bpe.model (+ .vocab)
     OUT/manifest.json
 
+`--case-transform caseops` (train.caseops) builds on the lossless capitalisation transform
+instead: the tokenizer is trained on transformed train text (operators as user-defined
+symbols), both splits hold transformed text, and every val shard gets a byte side-car
+`<name>_val_bytes_<i:06d>.bin` (one entry per token: the original UTF-8 bytes it covers, 0 for
+BOS and operators) that replaces the tokenizer's byte table in val_bpb.
+
 The whole OUT folder is built next to itself and renamed into place, so it is either complete
 or absent. check: validates every shard of a data folder (ours or the challenge's own layout).
 """
@@ -28,12 +34,14 @@ import numpy as np
 
 from artifact.cliutil import Progress, add_json_flag, emit
 from artifact.errors import DataError, GolfError
+from train import caseops
 from train.corpus import DEFAULT_SEED, corpus_hash, fetch_corpus, read_documents
 from train.shards import read_header, read_shard, resolve_data, shard_name, write_shard
 from train.tokenizer import (BOS_ID, EOS_ID, MAX_SENTENCE_BYTES, TRAINER_SETTINGS, encode_documents,
                              load_tokenizer, train_tokenizer)
 
 MANIFEST_FORMAT = "golf-data/1"
+CASE_TRANSFORMS = ("none", caseops.NAME)
 DEFAULT_SHARD_TOKENS = 10**8
 ENCODE_BATCH = 512
 
@@ -41,10 +49,14 @@ ENCODE_BATCH = 512
 # --- build ---------------------------------------------------------------------------------
 
 def build_dataset(corpus: str | Path, out: str | Path, vocab_size: int, val_docs: int, name: str = "golf",
-                  shard_tokens: int = DEFAULT_SHARD_TOKENS, progress: bool = True) -> dict:
+                  shard_tokens: int = DEFAULT_SHARD_TOKENS, progress: bool = True,
+                  case_transform: str = "none") -> dict:
     """Build shards + tokenizer + manifest from a corpus into `out` (replacing an earlier build
-    there). Returns the manifest."""
+    there); `case_transform` "caseops" builds on the CaseOps transform with byte side-cars.
+    Returns the manifest."""
     out = Path(out)
+    if case_transform not in CASE_TRANSFORMS:
+        raise DataError(f"--case-transform {case_transform!r}: expected one of {', '.join(CASE_TRANSFORMS)}")
     if shard_tokens < 1:
         raise DataError(f"--shard-tokens must be at least 1, got {shard_tokens}")
     if not name or "/" in name or name.startswith("."):
@@ -58,7 +70,8 @@ def build_dataset(corpus: str | Path, out: str | Path, vocab_size: int, val_docs
     tmp = out.parent / f".{out.name}.building-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        manifest = _build_into(tmp, texts, docs, vocab_size, val_docs, name, shard_tokens, corpus, progress)
+        manifest = _build_into(tmp, texts, docs, vocab_size, val_docs, name, shard_tokens, corpus, progress,
+                               case_transform == caseops.NAME)
         _swap_into_place(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -66,58 +79,108 @@ def build_dataset(corpus: str | Path, out: str | Path, vocab_size: int, val_docs
 
 
 def _build_into(root: Path, texts: list[str], docs, vocab_size: int, val_docs: int, name: str,
-                shard_tokens: int, corpus, progress: bool) -> dict:
+                shard_tokens: int, corpus, progress: bool, use_caseops: bool = False) -> dict:
     dataset = f"{name}_sp{vocab_size}"
     dataset_dir = root / "datasets" / dataset
     dataset_dir.mkdir(parents=True)
     say = _stderr if progress else (lambda _msg: None)
     train_texts = texts[val_docs:]
-    say(f"data build: training a {vocab_size}-piece BPE tokenizer on {len(train_texts)} train documents")
-    model = train_tokenizer(train_texts, root / "tokenizers" / f"{name}_{vocab_size}_bpe", vocab_size)
+    what = "CaseOps-encoded " if use_caseops else ""
+    say(f"data build: training a {vocab_size}-piece BPE tokenizer on {len(train_texts)} {what}train documents")
+    tok_texts, extra = _caseops_tokenizer_input(train_texts) if use_caseops else (train_texts, {})
+    model = train_tokenizer(tok_texts, root / "tokenizers" / f"{name}_{vocab_size}_bpe", vocab_size, extra)
     sp = load_tokenizer(model, vocab_size)
+    op_ids = np.array([sp.piece_to_id(op) for op in caseops.OPERATORS]) if use_caseops else None
     writer = _ShardWriter(dataset_dir, name, shard_tokens)
     stats = Counter()
     bar = Progress("data build: encoding", len(texts), enabled=progress)
-    for start in range(0, len(texts), ENCODE_BATCH):
-        batch = texts[start:start + ENCODE_BATCH]
-        for offset, ids in enumerate(encode_documents(sp, batch)):
-            index = start + offset
-            split = "val" if index < val_docs else "train"
-            writer.add(split, ids)
-            stats[f"docs_{split}"] += 1
-            stats[f"tokens_{split}"] += int(ids.size)
-            stats[f"text_bytes_{split}"] += len(batch[offset].encode("utf-8"))
-        bar.update(min(start + ENCODE_BATCH, len(texts)))
+    threads = max(1, min(4, os.cpu_count() or 1))
+    for split, lo, hi in (("val", 0, val_docs), ("train", val_docs, len(texts))):
+        for start in range(lo, hi, ENCODE_BATCH):
+            batch = texts[start:min(start + ENCODE_BATCH, hi)]
+            if not use_caseops:
+                encoded = [(ids, None) for ids in encode_documents(sp, batch)]
+            elif split == "val":
+                encoded = caseops.encode_with_bytes(sp, batch, BOS_ID, threads)
+            else:
+                encoded = [(ids, None) for ids in encode_documents(sp, [caseops.encode(t) for t in batch])]
+            for text, (ids, nbytes) in zip(batch, encoded):
+                writer.add(split, ids, nbytes)
+                _count(stats, split, text, ids, nbytes, op_ids)
+                if nbytes is not None:
+                    # What the byte-table rule counts for this text: the tokenizer's normalised
+                    # view (NFKC, whitespace runs collapsed). The side-car counts every original
+                    # byte; this figure converts between the two (see _build_text).
+                    stats["normalized_bytes_val"] += len(sp.normalize(text).replace("\u2581", " ").encode("utf-8"))
+            bar.update(start + len(batch))
     writer.close()
     for split in ("val", "train"):
         stats[f"files_{split}"] = writer.files[split]
     for key in ("docs", "tokens", "files", "text_bytes"):
         stats[f"{key}_total"] = stats[f"{key}_val"] + stats[f"{key}_train"]
+    if use_caseops:
+        stats["files_val_bytes"] = writer.files["val_bytes"]
     manifest = _manifest(name, dataset, vocab_size, shard_tokens, dict(stats), docs, texts, val_docs,
-                         model, corpus)
+                         model, corpus, extra, use_caseops)
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n",
                                         encoding="utf-8")
     return manifest
 
 
+def _count(stats: Counter, split: str, text: str, ids: np.ndarray, nbytes, op_ids) -> None:
+    """Per-split figures of one document (side-car and operator counts for CaseOps builds)."""
+    stats[f"docs_{split}"] += 1
+    stats[f"tokens_{split}"] += int(ids.size)
+    size = len(text.encode("utf-8"))
+    stats[f"text_bytes_{split}"] += size
+    if op_ids is not None:
+        stats[f"operator_tokens_{split}"] += int(np.isin(ids, op_ids).sum())
+    if nbytes is not None:
+        covered = int(nbytes.sum())
+        stats["sidecar_bytes_val"] += covered
+        if covered != size:  # only a document the tokenizer reduces to no tokens at all
+            stats["val_docs_without_tokens"] += 1
+
+
+def _caseops_tokenizer_input(train_texts: list[str]) -> tuple[list[str], dict]:
+    """The CaseOps tokenizer's training text and extra trainer settings.
+
+    The operators add 3 UTF-8 bytes each, which would push many documents past SentencePiece's
+    `max_sentence_length` (the trainer skips longer ones) and train the tokenizer on different
+    documents than the plain build. So the documents are chosen by their ORIGINAL length, as in
+    a plain build, and the length limit is raised to the longest encoded one kept."""
+    kept = [caseops.encode(t) for t in train_texts
+            if len(t.replace("\x00", " ").strip().encode("utf-8")) <= MAX_SENTENCE_BYTES]
+    longest = max((len(t.replace("\x00", " ").strip().encode("utf-8")) for t in kept), default=0)
+    extra = {"user_defined_symbols": list(caseops.OPERATORS),
+             "max_sentence_length": max(MAX_SENTENCE_BYTES, longest)}
+    return kept, extra
+
+
 class _ShardWriter:
     """Concatenates documents into shards of exactly `shard_tokens` tokens (the last of each
-    split shorter), val before train, as the challenge's exporter does."""
+    split shorter), val before train, as the challenge's exporter does. Documents given with
+    byte counts (CaseOps val) also get a side-car shard cut at the same places."""
 
     def __init__(self, folder: Path, prefix: str, shard_tokens: int):
         self.folder, self.prefix, self.size = folder, prefix, shard_tokens
         self.chunks: list[np.ndarray] = []
+        self.side_chunks: list[np.ndarray] = []
         self.held, self.split = 0, "val"
-        self.files = {"val": 0, "train": 0}
+        self.files = {"val": 0, "train": 0, "val_bytes": 0}
 
-    def add(self, split: str, ids: np.ndarray) -> None:
+    def add(self, split: str, ids: np.ndarray, nbytes: np.ndarray | None = None) -> None:
         if split != self.split:
             self.flush()
             self.split = split
+        if nbytes is not None and (split != "val" or nbytes.shape != ids.shape):
+            raise DataError(f"byte side-car for {split} document: {nbytes.shape} counts for {ids.shape} tokens")
         pos = 0
         while pos < ids.size:
             take = min(self.size - self.held, ids.size - pos)
             self.chunks.append(ids[pos:pos + take].astype(np.uint16))
+            if nbytes is not None:
+                self.side_chunks.append(nbytes[pos:pos + take].astype(np.uint16))
             self.held += take
             pos += take
             if self.held == self.size:
@@ -127,15 +190,24 @@ class _ShardWriter:
         if self.held == 0:
             return
         tokens = np.concatenate(self.chunks)
-        write_shard(self.folder / shard_name(self.prefix, self.split, self.files[self.split]), tokens)
+        index = self.files[self.split]
+        write_shard(self.folder / shard_name(self.prefix, self.split, index), tokens)
         self.files[self.split] += 1
-        self.chunks, self.held = [], 0
+        if self.side_chunks:
+            side = np.concatenate(self.side_chunks)
+            if side.size != tokens.size:  # every val document must come with its counts
+                raise DataError(f"{self.folder}: val shard {index} has {tokens.size} tokens but "
+                                f"{side.size} side-car entries")
+            write_shard(self.folder / shard_name(self.prefix, "val_bytes", index), side)
+            self.files["val_bytes"] += 1
+        self.chunks, self.side_chunks, self.held = [], [], 0
 
     def close(self) -> None:
         self.flush()
 
 
-def _manifest(name, dataset, vocab_size, shard_tokens, stats, docs, texts, val_docs, model, corpus) -> dict:
+def _manifest(name, dataset, vocab_size, shard_tokens, stats, docs, texts, val_docs, model, corpus,
+              extra_settings=None, use_caseops=False) -> dict:
     sources: dict[str, dict[str, int]] = {}
     for i, doc in enumerate(docs):
         entry = sources.setdefault(doc.source, {"docs": 0, "bytes": 0, "val_docs": 0})
@@ -145,6 +217,18 @@ def _manifest(name, dataset, vocab_size, shard_tokens, stats, docs, texts, val_d
     train_kept = [t.replace("\x00", " ").strip() for t in texts[val_docs:]]
     too_long = sum(1 for t in train_kept if len(t.encode("utf-8")) > MAX_SENTENCE_BYTES)
     dataset_path = f"datasets/{dataset}"
+    entry = {
+        "name": dataset,
+        "path": dataset_path,
+        "vocab_size": vocab_size,
+        "bos_id": BOS_ID,
+        "eos_id": EOS_ID,
+        "train_glob": f"{dataset_path}/{name}_train_*.bin",
+        "val_glob": f"{dataset_path}/{name}_val_*.bin",
+        "stats": stats,
+    }
+    if use_caseops:
+        entry["val_bytes_glob"] = f"{dataset_path}/{name}_val_bytes_*.bin"
     return {
         "format": MANIFEST_FORMAT,
         "name": name,
@@ -155,6 +239,8 @@ def _manifest(name, dataset, vocab_size, shard_tokens, stats, docs, texts, val_d
         "num_docs": len(texts),
         "num_val_docs": val_docs,
         "shard_size": shard_tokens,
+        "case_transform": caseops.describe() if use_caseops else None,
+        "byte_rule": "side-car" if use_caseops else "tokenizer tables",
         "stats": stats,
         "corpus": {
             "path": str(corpus),
@@ -165,22 +251,13 @@ def _manifest(name, dataset, vocab_size, shard_tokens, stats, docs, texts, val_d
             "model": f"tokenizers/{model.name}",
             "vocab": f"tokenizers/{model.with_suffix('.vocab').name}",
             "model_sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
-            "trainer_settings": TRAINER_SETTINGS,
-            "trained_on": "train split only",
+            "trainer_settings": {**TRAINER_SETTINGS, **(extra_settings or {})},
+            "trained_on": "train split only" + (", CaseOps-encoded" if use_caseops else ""),
             "train_docs": sum(1 for t in train_kept if t),
             "train_docs_over_max_sentence_length": too_long,
         },
         # Same shape as the challenge's manifest entry, so tools reading theirs read ours.
-        "datasets": [{
-            "name": dataset,
-            "path": dataset_path,
-            "vocab_size": vocab_size,
-            "bos_id": BOS_ID,
-            "eos_id": EOS_ID,
-            "train_glob": f"{dataset_path}/{name}_train_*.bin",
-            "val_glob": f"{dataset_path}/{name}_val_*.bin",
-            "stats": stats,
-        }],
+        "datasets": [entry],
     }
 
 
@@ -219,12 +296,13 @@ def check_data(path: str | Path) -> dict:
     figures and the list of problems (empty when all is well)."""
     paths = resolve_data(path)
     problems: list[str] = []
-    vocab = None
+    vocab = sp = None
     if paths.tokenizer is None:
         problems.append(f"{paths.dataset_dir}: no SentencePiece tokenizer (.model) found")
     else:
         try:
-            vocab = int(load_tokenizer(paths.tokenizer).vocab_size())
+            sp = load_tokenizer(paths.tokenizer)
+            vocab = int(sp.vocab_size())
         except GolfError as exc:
             problems.append(str(exc))
     if vocab is not None and paths.vocab_size is not None and vocab != paths.vocab_size:
@@ -236,6 +314,8 @@ def check_data(path: str | Path) -> dict:
     if paths.byte_sidecars:
         splits["val_bytes"] = _check_split(paths.byte_sidecars, None, problems, count_docs=False)
         _check_sidecars(paths, splits, problems)
+        if not problems:
+            _check_sidecar_entries(paths, sp, splits["val_bytes"], problems)
     if not paths.val_files:
         problems.append(f"{paths.dataset_dir}: no validation shards (*_val_NNNNNN.bin)")
     _check_manifest(paths, splits, problems)
@@ -286,6 +366,25 @@ def _check_sidecars(paths, splits, problems) -> None:
                             f"val shards {val['tokens']} tokens")
 
 
+def _check_sidecar_entries(paths, sp, side: dict, problems: list[str]) -> None:
+    """Side-car entries of BOS and operator tokens must be 0 (they stand for no text); record
+    the total bytes the side-cars count."""
+    zero_ids = [BOS_ID]
+    if sp is not None:
+        unk = sp.unk_id()
+        zero_ids += [i for i in (sp.piece_to_id(op) for op in caseops.OPERATORS) if i != unk]
+    total = 0
+    for vf, sf in zip(paths.val_files, paths.byte_sidecars):
+        tokens, counts = np.asarray(read_shard(vf)), np.asarray(read_shard(sf))
+        total += int(counts.sum(dtype=np.int64))
+        bad = np.isin(tokens, zero_ids) & (counts != 0)
+        if bad.any():
+            at = int(np.argmax(bad))
+            problems.append(f"{sf}: entry {at} is {int(counts[at])} bytes but its token {int(tokens[at])} "
+                            "(BOS or a CaseOps operator) stands for no text")
+    side["bytes"] = total
+
+
 def _check_manifest(paths, splits, problems) -> None:
     """Compare token/document counts with the manifest when it records them (ours or theirs)."""
     if paths.manifest is None:
@@ -295,6 +394,10 @@ def _check_manifest(paths, splits, problems) -> None:
     except (OSError, ValueError) as exc:
         problems.append(f"{paths.manifest}: unreadable manifest ({exc})")
         return
+    transform = manifest.get("case_transform") if isinstance(manifest, dict) else None
+    if transform and not paths.byte_sidecars:
+        problems.append(f"{paths.manifest}: the data is {transform.get('name', 'case')}-transformed but "
+                        f"{paths.dataset_dir} holds no byte side-cars (*_val_bytes_NNNNNN.bin)")
     entries = manifest.get("datasets") if isinstance(manifest, dict) else None
     entry = next((d for d in entries or [] if isinstance(d, dict) and d.get("name") == paths.dataset_dir.name), None)
     stats = entry.get("stats") if entry else None
@@ -307,6 +410,11 @@ def _check_manifest(paths, splits, problems) -> None:
             want = stats.get(f"{key}_{split}")
             if isinstance(want, int) and have != want:
                 problems.append(f"{paths.manifest}: says {want} {split} {key}, the shards hold {have}")
+    side = splits.get("val_bytes")
+    want = stats.get("sidecar_bytes_val")
+    if side and "bytes" in side and isinstance(want, int) and side["bytes"] != want \
+            and stats.get("files_val") == splits["val"]["files"]:
+        problems.append(f"{paths.manifest}: says the side-cars count {want} bytes, they hold {side['bytes']}")
 
 
 # --- command line ----------------------------------------------------------------------------
@@ -337,6 +445,9 @@ def register(sub) -> None:
     b.add_argument("--val-docs", type=int, required=True, help="the first N documents form the val split")
     b.add_argument("--name", default="golf", help="file-name prefix (default: golf)")
     b.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, help="tokens per shard (default 10^8)")
+    b.add_argument("--case-transform", choices=CASE_TRANSFORMS, default="none",
+                   help="caseops = lossless lower-casing with operator tokens + val byte side-cars "
+                        "(seed 004); default none")
     add_json_flag(b)
     b.set_defaults(run=_run_build, help_parser=b)
 
@@ -363,21 +474,33 @@ def _fetch_text(s: dict) -> str:
 
 def _run_build(args) -> int:
     t0 = time.perf_counter()
-    manifest = build_dataset(args.corpus, args.out, args.vocab, args.val_docs, args.name, args.shard_tokens)
+    manifest = build_dataset(args.corpus, args.out, args.vocab, args.val_docs, args.name, args.shard_tokens,
+                             case_transform=args.case_transform)
+    stats = manifest["stats"]
     result = {"out": str(args.out), "dataset": f"{args.out}/{manifest['datasets'][0]['path']}",
               "tokenizer": f"{args.out}/{manifest['tokenizer']['model']}", "vocab_size": args.vocab,
-              **manifest["stats"], "seconds": round(time.perf_counter() - t0, 2)}
+              "case_transform": args.case_transform, "byte_rule": manifest["byte_rule"], **stats,
+              # original text bytes per token (BOS included): the tokenizer's compression
+              **{f"bytes_per_token_{s}": round(stats[f"text_bytes_{s}"] / max(1, stats[f"tokens_{s}"]), 4)
+                 for s in ("val", "train")},
+              "seconds": round(time.perf_counter() - t0, 2)}
     emit(result, args.json, _build_text)
     return 0
 
 
 def _build_text(r: dict) -> str:
-    return "\n".join([
-        f"{r['dataset']} (tokenizer {r['tokenizer']}, vocab {r['vocab_size']})",
-        *(f"  {s:5s}: {r[f'docs_{s}']} docs, {r[f'tokens_{s}']} tokens, {r[f'text_bytes_{s}']} text bytes, "
-          f"{r[f'files_{s}']} files" for s in ("val", "train")),
-        f"  built in {r['seconds']} s",
-    ])
+    lines = [
+        f"{r['dataset']} (tokenizer {r['tokenizer']}, vocab {r['vocab_size']}, case transform {r['case_transform']})",
+        *(f"  {s:5s}: {r[f'docs_{s}']} docs, {r[f'tokens_{s}']} tokens, {r[f'text_bytes_{s}']} text bytes "
+          f"({r[f'bytes_per_token_{s}']:.3f} per token), {r[f'files_{s}']} files" for s in ("val", "train")),
+    ]
+    if r["case_transform"] == caseops.NAME:
+        lines.append(f"  byte side-cars: {r['files_val_bytes']} files, {r['sidecar_bytes_val']} original bytes "
+                     f"({r['normalized_bytes_val']} after the tokenizer's normalisation, what a byte "
+                     f"table would count); operator tokens {r['operator_tokens_val']} val, "
+                     f"{r['operator_tokens_train']} train")
+    lines.append(f"  built in {r['seconds']} s")
+    return "\n".join(lines)
 
 
 def _run_check(args) -> int:
@@ -395,7 +518,8 @@ def _check_text(r: dict) -> str:
     lines = [f"{r['dataset']} (tokenizer {r['tokenizer']}, vocab {r['vocab_size']})"]
     for split, s in r["splits"].items():
         docs = f", {s['documents']} documents" if "documents" in s else ""
-        lines.append(f"  {split:9s}: {s['files']} files, {s['tokens']} tokens{docs}")
+        nbytes = f", {s['bytes']} bytes" if "bytes" in s else ""
+        lines.append(f"  {split:9s}: {s['files']} files, {s['tokens']} tokens{docs}{nbytes}")
     if r["ok"]:
         lines.append("OK")
     else:

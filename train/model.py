@@ -1,28 +1,40 @@
-"""The baseline GPT of the challenge (challenge.md §5), configurable down to CPU size.
+"""The baseline GPT of the challenge (challenge.md §5), configurable down to CPU size, plus every
+model technique of the seed submissions as a `ModelConfig` switch (all off by default).
 
-Weight-compatible with the challenge's `train_gpt.py`: the same parameter names and shapes, so
-a `final_model.pt` saved by that script loads here with `strict=True` under `ModelConfig()` and
-gives the same loss on the same tokens. Structure, in the order data flows:
-token embedding → RMSNorm (x0) → encoder blocks (push skips) → decoder blocks (pop skips with
-learned weights) → final RMSNorm → tied (or separate) output projection → logit soft-cap.
-Each block mixes its input with x0 (`resid_mix`), then attention and a ReLU² MLP, each scaled
-per channel (`attn_scale`, `mlp_scale`).
+Weight-compatible with the challenge's `train_gpt.py`: under `ModelConfig()` the parameter
+names and shapes are the baseline's, so a `final_model.pt` saved by that script loads here with
+`strict=True` and gives the same loss on the same tokens. Structure, in the order data flows:
+token embedding (+ hash n-gram embedding) → RMSNorm (→ SmearGate) = x0 → encoder blocks (keep
+skips) → decoder blocks (add skips with learned, optionally gated, weights) → final RMSNorm →
+tied (or separate) output projection → logit soft-cap. Each block mixes its input with x0
+(`resid_mix`), then attention and a ReLU² MLP, each scaled per channel (`attn_scale`,
+`mlp_scale`); see train/layers.py for the block switches and train/embeddings.py for the
+extra embeddings. Depth recurrence re-runs a contiguous run of blocks; it can switch on during
+training through `GPT.on_train_progress`.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import math
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from artifact.errors import ConfigError
+from train.embeddings import HashEmbedding, SmearGate, ValueEmbedding
+from train.layers import Block, CastedLinear, LayerContext, document_mask, zero_init
+
+MLP_ACTIVATIONS = ("relu2", "leaky_relu2")
+ATTENTION_GATES = ("none", "full", "sparse")
+INITS = ("default", "orthogonal")
+_TUPLE_FIELDS = ("ve_layers", "recur_layers")
 
 
 @dataclass
 class ModelConfig:
-    """Shape and fixed hyper-parameters of the GPT. Defaults = the challenge baseline."""
+    """Shape, fixed hyper-parameters and switches of the GPT. Defaults = the challenge baseline."""
 
     vocab_size: int = 1024
     num_layers: int = 9
@@ -35,8 +47,38 @@ class ModelConfig:
     logit_softcap: float = 30.0
     rope_base: float = 10000.0
     qk_gain_init: float = 1.5
+    # ---- switches (seed submissions); the defaults leave the baseline untouched
+    bos_id: int = 1  # the token that starts each document (sp1024: 1)
+    rope_dims: int = 0  # head dims that get RoPE (even); 0 = all
+    smear: bool = False  # SmearGate on x0
+    smear_window: int = 0  # 0 = per-channel gate; k > 0 = gate read from the first k dims
+    bigram_buckets: int = 0  # BigramHash table rows (0 = off; the last row = "no context")
+    bigram_dim: int = 128  # BigramHash table width (projected to model_dim)
+    trigram: bool = False  # also hash (t, t-1, t-2) into the bigram table
+    skip_gates: bool = False  # sigmoid-gated U-Net skips
+    mlp_act: str = "relu2"  # "relu2" | "leaky_relu2"
+    mlp_leaky_slope: float = 0.5
+    ln_scale: bool = False  # block norms damped by 1/sqrt(layer + 1)
+    xsa_last: int = 0  # exclusive self-attention in the last N layers (-1 = all, 0 = off)
+    value_residual: bool = False  # layer-0 V mixed into later layers' V
+    attn_gate: str = "none"  # "none" | "full" (from the block input) | "sparse" (first window dims)
+    attn_gate_window: int = 12
+    ve_layers: tuple = field(default_factory=tuple)  # layers whose V gets a value embedding
+    ve_dim: int = 128
+    recur_layers: tuple = field(default_factory=tuple)  # contiguous layers run again
+    recur_loops: int = 1  # extra passes over recur_layers
+    recur_start_step: int = 0  # recurrence active from this training step ...
+    recur_start_frac: float = 0.0  # ... and this fraction of training
+    parallel_from: int = -1  # attention and MLP as parallel lanes from this layer (-1 = off)
+    init: str = "default"  # "default" | "orthogonal"
+    mup_proj_scale: bool = False  # output projections: orthogonal / sqrt(2 * num_layers), not zero
+    doc_mask: bool = False  # attention never crosses a BOS
 
     def __post_init__(self) -> None:
+        for name in _TUPLE_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, list):
+                setattr(self, name, tuple(value))
         self.validate()
 
     def validate(self) -> None:
@@ -52,13 +94,69 @@ class ModelConfig:
         need((self.model_dim // self.num_heads) % 2 == 0, "head dim must be even for RoPE")
         need(self.mlp_mult >= 1, "mlp_mult must be >= 1")
         need(self.logit_softcap > 0, "logit_softcap must be positive")
+        self._validate_switches(need)
+
+    def _validate_switches(self, need) -> None:
+        layers, hd = self.num_layers, self.head_dim
+        need(0 <= self.bos_id < self.vocab_size, f"bos_id {self.bos_id} must be a token id below vocab_size {self.vocab_size}")
+        need(self.rope_dims == 0 or (self.rope_dims > 0 and self.rope_dims % 2 == 0 and self.rope_dims <= hd),
+             f"rope_dims {self.rope_dims} must be 0 (all) or even and <= the head dim {hd}")
+        need(0 <= self.smear_window <= self.model_dim, f"smear_window {self.smear_window} must be in 0..model_dim")
+        need(self.smear or self.smear_window == 0, f"smear_window {self.smear_window} is set but smear is off")
+        need(self.bigram_buckets == 0 or self.bigram_buckets >= 2, f"bigram_buckets {self.bigram_buckets} must be 0 (off) or >= 2")
+        need(self.bigram_dim >= 1, "bigram_dim must be >= 1")
+        need(not self.trigram or self.bigram_buckets > 0, "trigram needs the bigram table (bigram_buckets > 0)")
+        need(self.mlp_act in MLP_ACTIVATIONS, f"mlp_act {self.mlp_act!r} must be one of {MLP_ACTIVATIONS}")
+        need(0.0 <= self.mlp_leaky_slope < 1.0, f"mlp_leaky_slope {self.mlp_leaky_slope} must be in [0, 1)")
+        need(-1 <= self.xsa_last <= layers, f"xsa_last {self.xsa_last} must be -1 (all), 0 (off) or <= num_layers {layers}")
+        need(not self.value_residual or layers >= 2, "value_residual needs num_layers >= 2")
+        need(self.attn_gate in ATTENTION_GATES, f"attn_gate {self.attn_gate!r} must be one of {ATTENTION_GATES}")
+        need(self.attn_gate != "sparse" or 1 <= self.attn_gate_window <= self.model_dim,
+             f"attn_gate_window {self.attn_gate_window} must be in 1..model_dim {self.model_dim}")
+        self._validate_layer_list("ve_layers", self.ve_layers, need)
+        need(len(set(self.ve_layers)) == len(self.ve_layers), f"ve_layers {list(self.ve_layers)} has repeats")
+        need(self.ve_dim >= 1, "ve_dim must be >= 1")
+        self._validate_layer_list("recur_layers", self.recur_layers, need)
+        rec = list(self.recur_layers)
+        need(rec == list(range(rec[0], rec[0] + len(rec))) if rec else True,
+             f"recur_layers {rec} must be contiguous and ascending")
+        need(self.recur_loops >= 1, f"recur_loops {self.recur_loops} must be >= 1")
+        need(self.recur_start_step >= 0, "recur_start_step must be >= 0")
+        need(0.0 <= self.recur_start_frac <= 1.0, f"recur_start_frac {self.recur_start_frac} must be in [0, 1]")
+        need(bool(rec) or (self.recur_start_step == 0 and self.recur_start_frac == 0.0),
+             "recur_start_step / recur_start_frac are set but recur_layers is empty")
+        need(-1 <= self.parallel_from < layers, f"parallel_from {self.parallel_from} must be -1 (off) or a layer below {layers}")
+        need(self.init in INITS, f"init {self.init!r} must be one of {INITS}")
+        need(not self.mup_proj_scale or self.init == "orthogonal", "mup_proj_scale needs init = 'orthogonal'")
+
+    def _validate_layer_list(self, name: str, value, need) -> None:
+        need(isinstance(value, tuple) and all(isinstance(i, int) and not isinstance(i, bool) for i in value),
+             f"{name} must be a list of layer indices, got {value!r}")
+        bad = [i for i in value if not 0 <= i < self.num_layers]
+        need(not bad, f"{name} {list(value)}: layers {bad} do not exist (num_layers {self.num_layers})")
 
     @property
     def head_dim(self) -> int:
         return self.model_dim // self.num_heads
 
+    def xsa_layer(self, layer: int) -> bool:
+        """Whether exclusive self-attention is on in `layer`."""
+        return self.xsa_last == -1 or layer >= self.num_layers - self.xsa_last
+
+    def layer_schedule(self, recurrence: bool = True) -> list[int]:
+        """The blocks one forward pass runs, in order (with recurrence: the recur_layers run
+        1 + recur_loops times back to back)."""
+        order = list(range(self.num_layers))
+        if not (recurrence and self.recur_layers):
+            return order
+        last = self.recur_layers[-1]
+        return order[: last + 1] + list(self.recur_layers) * self.recur_loops + order[last + 1:]
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        for name in _TUPLE_FIELDS:
+            data[name] = list(data[name])
+        return data
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "model config") -> "ModelConfig":
@@ -69,106 +167,8 @@ class ModelConfig:
         return cls(**data)
 
 
-class CastedLinear(nn.Linear):
-    """Linear layer whose fp32 weight is cast to the activation dtype at matmul time."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight.to(x.dtype))
-
-
-class Rotary(nn.Module):
-    """RoPE cos/sin tables, cached per sequence length and device (not in the state dict)."""
-
-    def __init__(self, dim: int, base: float):
-        super().__init__()
-        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
-        self._cache: tuple[int, torch.device, Tensor, Tensor] | None = None
-
-    def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        if self._cache is not None and self._cache[0] == seq_len and self._cache[1] == device:
-            return self._cache[2].to(dtype), self._cache[3].to(dtype)
-        t = torch.arange(seq_len, device=device, dtype=torch.float32)
-        freqs = torch.outer(t, self.inv_freq.to(device))
-        cos, sin = freqs.cos()[None, None], freqs.sin()[None, None]
-        # Tables made under inference_mode are "inference tensors" that autograd refuses to save,
-        # so they are never cached: an eval (scoring) followed by training (or TTT) must work.
-        if torch.compiler.is_compiling() or not torch.is_inference_mode_enabled():
-            self._cache = (seq_len, device, cos, sin)
-        return cos.to(dtype), sin.to(dtype)
-
-
-def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    half = x.size(-1) // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
-
-
-class CausalSelfAttention(nn.Module):
-    """GQA attention with q/k RMS-norm, RoPE and a learned per-head query gain."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        kv_dim = cfg.num_kv_heads * cfg.head_dim
-        self.c_q = CastedLinear(cfg.model_dim, cfg.model_dim, bias=False)
-        self.c_k = CastedLinear(cfg.model_dim, kv_dim, bias=False)
-        self.c_v = CastedLinear(cfg.model_dim, kv_dim, bias=False)
-        self.proj = CastedLinear(cfg.model_dim, cfg.model_dim, bias=False)
-        self.proj._zero_init = True
-        self.q_gain = nn.Parameter(torch.full((cfg.num_heads,), cfg.qk_gain_init, dtype=torch.float32))
-        self.rotary = Rotary(cfg.head_dim, cfg.rope_base)
-
-    def forward(self, x: Tensor) -> Tensor:
-        b, t, d = x.shape
-        q = self.c_q(x).reshape(b, t, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.c_k(x).reshape(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.c_v(x).reshape(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        q = F.rms_norm(q, (q.size(-1),))
-        k = F.rms_norm(k, (k.size(-1),))
-        cos, sin = self.rotary(t, x.device, q.dtype)
-        q = apply_rotary(q, cos, sin) * self.q_gain.to(q.dtype)[None, :, None, None]
-        k = apply_rotary(k, cos, sin)
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, enable_gqa=self.num_kv_heads != self.num_heads
-        )
-        return self.proj(y.transpose(1, 2).reshape(b, t, d))
-
-
-class MLP(nn.Module):
-    """ReLU² feed-forward layer."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        hidden = cfg.mlp_mult * cfg.model_dim
-        self.fc = CastedLinear(cfg.model_dim, hidden, bias=False)
-        self.proj = CastedLinear(hidden, cfg.model_dim, bias=False)
-        self.proj._zero_init = True
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.proj(torch.relu(self.fc(x)).square())
-
-
-class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        dim = cfg.model_dim
-        self.attn = CausalSelfAttention(cfg)
-        self.mlp = MLP(cfg)
-        self.attn_scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
-        self.mlp_scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
-        self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))).float())
-
-    def forward(self, x: Tensor, x0: Tensor) -> Tensor:
-        mix = self.resid_mix.to(x.dtype)
-        x = mix[0] * x + mix[1] * x0
-        x = x + self.attn_scale.to(x.dtype) * self.attn(F.rms_norm(x, (x.size(-1),)))
-        x = x + self.mlp_scale.to(x.dtype) * self.mlp(F.rms_norm(x, (x.size(-1),)))
-        return x
-
-
 class GPT(nn.Module):
-    """The baseline GPT. `forward(ids)` returns soft-capped logits; `loss(ids, targets)` the mean
+    """The GPT. `forward(ids)` returns soft-capped logits; `loss(ids, targets)` the mean
     cross-entropy in nats (computed in float32)."""
 
     def __init__(self, cfg: ModelConfig):
@@ -179,31 +179,90 @@ class GPT(nn.Module):
         self.num_decoder_layers = cfg.num_layers - self.num_encoder_layers
         num_skips = min(self.num_encoder_layers, self.num_decoder_layers)
         self.skip_weights = nn.Parameter(torch.ones(num_skips, cfg.model_dim, dtype=torch.float32))
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
-        self.lm_head = None if cfg.tie_embeddings else CastedLinear(cfg.model_dim, cfg.vocab_size, bias=False)
-        if self.lm_head is not None:
-            self.lm_head._zero_init = True
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
+        self.lm_head = None if cfg.tie_embeddings else zero_init(CastedLinear(cfg.model_dim, cfg.vocab_size, bias=False))
+        # Switch modules come after the baseline ones: a baseline config draws the same init.
+        self.skip_gates = nn.Parameter(torch.zeros(num_skips, cfg.model_dim)) if cfg.skip_gates else None
+        self.bigram = (HashEmbedding(cfg.bigram_buckets, cfg.bigram_dim, cfg.model_dim, cfg.trigram, cfg.bos_id)
+                       if cfg.bigram_buckets else None)
+        self.smear = SmearGate(cfg.model_dim, cfg.smear_window, cfg.bos_id) if cfg.smear else None
+        self.ve = (ValueEmbedding(cfg.vocab_size, cfg.ve_dim, cfg.num_kv_heads * cfg.head_dim)
+                   if cfg.ve_layers else None)
+        # Recurrence starts in its final (evaluation) state; training sets it per step.
+        self.recurrence_active = True
         self._init_weights()
 
     def _init_weights(self) -> None:
-        if self.config.tie_embeddings:
-            nn.init.normal_(self.tok_emb.weight, mean=0.0, std=self.config.tied_embed_init_std)
+        cfg = self.config
+        if cfg.tie_embeddings:
+            nn.init.normal_(self.tok_emb.weight, mean=0.0, std=cfg.tied_embed_init_std)
+        mup = 1.0 / math.sqrt(2 * cfg.num_layers) if cfg.mup_proj_scale else None
         for module in self.modules():
-            if isinstance(module, nn.Linear) and getattr(module, "_zero_init", False):
-                nn.init.zeros_(module.weight)
+            if not isinstance(module, nn.Linear):
+                continue
+            if getattr(module, "_zero_init", False):
+                if mup is not None and getattr(module, "_output_projection", False):
+                    with torch.no_grad():
+                        nn.init.orthogonal_(module.weight).mul_(mup)
+                else:
+                    nn.init.zeros_(module.weight)
+            elif cfg.init == "orthogonal":
+                nn.init.orthogonal_(module.weight)
+
+    # ------------------------------------------------------------------------------ training
+    def on_train_progress(self, step: int, fraction: float) -> None:
+        """Called by the training loop before each optimiser step (fraction of training done in
+        [0, 1]); `(0, 1.0)` is the final state that evaluation and packing see."""
+        cfg = self.config
+        if cfg.recur_layers:
+            self.recurrence_active = fraction >= 1.0 or (step >= cfg.recur_start_step and fraction >= cfg.recur_start_frac)
+
+    def layer_schedule(self) -> list[int]:
+        return self.config.layer_schedule(self.recurrence_active)
+
+    # ------------------------------------------------------------------------------- forward
+    def embed(self, input_ids: Tensor) -> Tensor:
+        """x0 (B, T, D): token (+ hash) embedding, RMS-normed, then SmearGate."""
+        x = self.tok_emb(input_ids)
+        if self.bigram is not None:
+            x = x + self.bigram(input_ids)
+        x = F.rms_norm(x, (x.size(-1),))
+        if self.smear is not None:
+            x = self.smear(x, input_ids)
+        return x
+
+    def _context(self, input_ids: Tensor) -> LayerContext:
+        cfg = self.config
+        ctx = LayerContext(mask=document_mask(input_ids, cfg.bos_id) if cfg.doc_mask else None)
+        if self.ve is not None:
+            b, t = input_ids.shape
+            ctx.ve = self.ve(input_ids).view(b, t, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
+        return ctx
+
+    def _add_skip(self, j: int, x: Tensor, skip: Tensor) -> Tensor:
+        scaled = self.skip_weights[j].to(x.dtype) * skip
+        if self.skip_gates is None:
+            return x + scaled
+        return torch.lerp(scaled, x, torch.sigmoid(self.skip_gates[j].to(x.dtype)))
 
     def hidden(self, input_ids: Tensor) -> Tensor:
-        """Final-normed hidden states (B, T, D): the input of the output projection."""
-        x = self.tok_emb(input_ids)
-        x = x0 = F.rms_norm(x, (x.size(-1),))
-        skips: list[Tensor] = []
-        for i in range(self.num_encoder_layers):
-            x = self.blocks[i](x, x0)
-            skips.append(x)
-        for i in range(self.num_decoder_layers):
-            if skips:
-                x = x + self.skip_weights[i].to(x.dtype) * skips.pop()
-            x = self.blocks[self.num_encoder_layers + i](x, x0)
+        """Final-normed hidden states (B, T, D): the input of the output projection.
+
+        U-Net: decoder layer n_enc + j adds encoder layer n_enc - 1 - j's latest output on its
+        first run (with no recurrence this is the baseline's push/pop stack)."""
+        x = x0 = self.embed(input_ids)
+        ctx = self._context(input_ids)
+        n_enc, n_skips = self.num_encoder_layers, self.skip_weights.size(0)
+        encoder_out: dict[int, Tensor] = {}
+        decoded: set[int] = set()
+        for i in self.layer_schedule():
+            j = i - n_enc
+            if 0 <= j < n_skips and i not in decoded:
+                decoded.add(i)
+                x = self._add_skip(j, x, encoder_out[n_enc - 1 - j])
+            x = self.blocks[i](x, x0, ctx)
+            if i < n_enc:
+                encoder_out[i] = x
         return F.rms_norm(x, (x.size(-1),))
 
     def output_weight(self) -> Tensor:
@@ -226,8 +285,9 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def baseline_state_dict_shapes(cfg: ModelConfig | None = None) -> dict[str, tuple[int, ...]]:
-    """The names and shapes `train_gpt.py` saves for `cfg` (default: the baseline), derived from
-    the published layout rather than from this module, so tests can hold us to it."""
+    """The names and shapes `train_gpt.py` saves for `cfg`'s shape (default: the baseline),
+    derived from the published layout rather than from this module, so tests can hold us to it.
+    Switch parameters are not included: see `state_dict_shapes`."""
     cfg = cfg or ModelConfig()
     d, kv = cfg.model_dim, cfg.num_kv_heads * cfg.head_dim
     shapes: dict[str, tuple[int, ...]] = {
@@ -246,3 +306,37 @@ def baseline_state_dict_shapes(cfg: ModelConfig | None = None) -> dict[str, tupl
     if not cfg.tie_embeddings:
         shapes["lm_head.weight"] = (cfg.vocab_size, d)
     return shapes
+
+
+def switch_state_dict_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The tensors `cfg`'s switches add to the baseline layout (empty for a baseline config)."""
+    d, kv = cfg.model_dim, cfg.num_kv_heads * cfg.head_dim
+    shapes: dict[str, tuple[int, ...]] = {}
+    if cfg.skip_gates:
+        shapes["skip_gates"] = (min(cfg.num_layers // 2, cfg.num_layers - cfg.num_layers // 2), d)
+    if cfg.bigram_buckets:
+        shapes["bigram.embed.weight"] = (cfg.bigram_buckets, cfg.bigram_dim)
+        shapes["bigram.proj.weight"] = (d, cfg.bigram_dim)
+    if cfg.smear and cfg.smear_window:
+        shapes["smear.gate_weight"] = (1, cfg.smear_window)
+        shapes["smear.scale"] = (1,)
+    elif cfg.smear:
+        shapes["smear.gate"] = (d,)
+    if cfg.ve_layers:
+        shapes["ve.embed.weight"] = (cfg.vocab_size, cfg.ve_dim)
+        shapes["ve.proj.weight"] = (kv, cfg.ve_dim)
+    gate_in = {"none": 0, "full": d, "sparse": cfg.attn_gate_window}[cfg.attn_gate]
+    for i in range(cfg.num_layers):
+        p = f"blocks.{i}.attn."
+        if cfg.value_residual and i > 0:
+            shapes[p + "v_lambda"] = (2,)
+        if i in cfg.ve_layers:
+            shapes[p + "ve_lambda"] = (1,)
+        if gate_in:
+            shapes[p + "gate_weight"] = (cfg.num_heads, gate_in)
+    return shapes
+
+
+def state_dict_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor name and shape of `GPT(cfg).state_dict()`."""
+    return {**baseline_state_dict_shapes(cfg), **switch_state_dict_shapes(cfg)}

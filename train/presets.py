@@ -57,6 +57,13 @@ def load_preset(name_or_path: str | Path) -> Preset:
         raise ConfigError(f"{path}: unknown preset key {unknown[0]!r} (allowed: description, [model], [train])")
     model = build_dataclass(ModelConfig, data.get("model", {}), path, "model")
     train = build_dataclass(TrainConfig, data.get("train", {}), path, "train")
+    if train.qat_recipe:  # the packing recipe QAT matches must exist (checked before any work)
+        from train.qat import load_qat_recipe
+
+        try:
+            load_qat_recipe(train.qat_recipe)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: [train] {exc}") from None
     return Preset(name=path.stem, path=path, description=str(data.get("description", "")), model=model, train=train)
 
 

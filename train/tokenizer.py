@@ -52,11 +52,13 @@ def training_texts(texts: Iterable[str]) -> Iterator[str]:
             yield cleaned
 
 
-def train_tokenizer(texts: Iterable[str], out_prefix: str | Path, vocab_size: int) -> Path:
+def train_tokenizer(texts: Iterable[str], out_prefix: str | Path, vocab_size: int,
+                    extra_settings: dict[str, object] | None = None) -> Path:
     """Train a BPE SentencePiece model on `texts`; write `<out_prefix>.model` and `.vocab`.
 
-    Deterministic: the same texts in the same order give a byte-identical .model. Returns the
-    .model path."""
+    `extra_settings` are further trainer arguments on top of the challenge's (CaseOps adds its
+    operators as `user_defined_symbols` and a `max_sentence_length`). Deterministic: the same
+    texts in the same order give a byte-identical .model. Returns the .model path."""
     import sentencepiece as spm
 
     vocab_size = int(vocab_size)
@@ -74,7 +76,7 @@ def train_tokenizer(texts: Iterable[str], out_prefix: str | Path, vocab_size: in
             sentence_iterator=iter(kept),
             model_writer=sink,
             vocab_size=vocab_size,
-            **TRAINER_SETTINGS,
+            **{**TRAINER_SETTINGS, **(extra_settings or {})},
             **DETERMINISM_SETTINGS,
         )
     except RuntimeError as exc:  # SentencePiece reports bad input this way
