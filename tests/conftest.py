@@ -31,3 +31,21 @@ def sample_data(tmp_path_factory):
     sample = Path(__file__).parent / "data" / "sample"
     build_dataset(sample, out, vocab_size=1024, val_docs=12, name="sample", shard_tokens=40_000, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory):
+    """The bundled dataset cut short (64k train, 16k val tokens), so a run's final eval is quick."""
+    import shutil
+    from pathlib import Path
+
+    from train.bundled import BUNDLED_DATA
+    from train.shards import read_shard, write_shard
+
+    root = tmp_path_factory.mktemp("small") / "data"
+    shutil.copytree(Path(BUNDLED_DATA) / "tokenizers", root / "tokenizers")
+    shutil.copy(Path(BUNDLED_DATA) / "manifest.json", root / "manifest.json")
+    source = Path(BUNDLED_DATA) / "datasets" / "golf_sp1024"
+    for name, n in (("golf_train_000000.bin", 65_536), ("golf_val_000000.bin", 16_385)):
+        write_shard(root / "datasets" / "golf_sp1024" / name, read_shard(source / name)[:n])
+    return root

@@ -4,8 +4,6 @@ works end to end (and quantizes with less damage than a run without it)."""
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,25 +12,11 @@ from artifact.errors import ConfigError
 from artifact.pack import pack_state_dict
 from artifact.quant import quantize_tensor
 from artifact.recipe import load_recipe
-from train.bundled import BUNDLED_DATA
 from train.evaluate import eval_flat
 from train.loop import prepare_data, train
 from train.model import GPT
 from train.presets import load_preset
 from train.qat import FakeQuantizer, fake_quantize
-from train.shards import read_shard, write_shard
-
-
-@pytest.fixture(scope="module")
-def small_data(tmp_path_factory) -> Path:
-    """The bundled dataset cut short (64k train, 16k val tokens), so a run's final eval is quick."""
-    root = tmp_path_factory.mktemp("small") / "data"
-    shutil.copytree(Path(BUNDLED_DATA) / "tokenizers", root / "tokenizers")
-    shutil.copy(Path(BUNDLED_DATA) / "manifest.json", root / "manifest.json")
-    source = Path(BUNDLED_DATA) / "datasets" / "golf_sp1024"
-    for name, n in (("golf_train_000000.bin", 65_536), ("golf_val_000000.bin", 16_385)):
-        write_shard(root / "datasets" / "golf_sp1024" / name, read_shard(source / name)[:n])
-    return root
 
 
 def _tiny_model(seed: int = 0) -> GPT:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +13,6 @@ from torch import nn
 
 from artifact.errors import ConfigError
 from train.averaging import EMA, SWA, WeightAverager
-from train.bundled import BUNDLED_DATA
 from train.checkpoint import load_checkpoint
 from train.loader import make_loader
 from train.loop import LossModel, TrainConfig, Trainer, prepare_data, train, train_step
@@ -24,19 +21,6 @@ from train.optim import build_optimizers
 from train.presets import load_preset
 from train.qat import QatSchedule
 from train.schedule import lr_multiplier, lr_scale_for, training_fraction
-from train.shards import read_shard, write_shard
-
-
-@pytest.fixture(scope="module")
-def small_data(tmp_path_factory) -> Path:
-    """The bundled dataset cut short (64k train, 16k val tokens), so a run's final eval is quick."""
-    root = tmp_path_factory.mktemp("small") / "data"
-    shutil.copytree(Path(BUNDLED_DATA) / "tokenizers", root / "tokenizers")
-    shutil.copy(Path(BUNDLED_DATA) / "manifest.json", root / "manifest.json")
-    source = Path(BUNDLED_DATA) / "datasets" / "golf_sp1024"
-    for name, n in (("golf_train_000000.bin", 65_536), ("golf_val_000000.bin", 16_385)):
-        write_shard(root / "datasets" / "golf_sp1024" / name, read_shard(source / name)[:n])
-    return root
 
 
 # ----------------------------------------------------------------------------------- schedules

@@ -8,6 +8,9 @@ those targets cover (`train.byte_count`) → val_bpb = Σ loss / (ln 2 · Σ byt
 A target position t is the prediction of token t+1 from tokens ≤ t; a window (start, end,
 score_from) feeds tokens[start:end] and predicts tokens[start+1:end+1], scoring its relative
 positions ≥ score_from. Every target is scored exactly once in either mode.
+
+`golf eval --ttt {chunked,lora,phased}` adds a test-time-training run (`train.ttt`) scored on
+the same targets with the same `WindowScorer`, and reports both figures.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -102,7 +105,7 @@ def _check_window_args(seq_len: int, stride: int | None = None) -> None:
         raise ConfigError(f"stride {stride} must be in 1..seq_len ({seq_len})")
 
 
-def _batches(windows: Iterator[Window], batch_seqs: int) -> Iterator[list[Window]]:
+def batch_windows(windows: Iterable[Window], batch_seqs: int) -> Iterator[list[Window]]:
     """Group consecutive windows of equal length, at most `batch_seqs` per group (no padding,
     so any model — causal or not — sees exactly the window's tokens)."""
     batch: list[Window] = []
@@ -138,60 +141,91 @@ def _window_bytes(x_np: np.ndarray, y_np: np.ndarray, batch: list[Window], count
     return counter.count(x_np, y_np)
 
 
+class WindowScorer:
+    """Scores batches of windows of one token stream with one model, accumulating Σ loss (float64,
+    on the device), Σ bytes and the count of scored targets. Shared by the plain eval and by
+    test-time training (`train.ttt`), so both score a window exactly alike. Construct it once
+    per stream: it moves the model to the device and checks the stream's ids against its vocab."""
+
+    def __init__(self, model: nn.Module, tokens: np.ndarray, counter: ByteCounter | None, sidecar,
+                 device=None):
+        self.model, self.tokens, self.counter, self.sidecar = model, tokens, counter, sidecar
+        self.device = _resolve_device(model, device)
+        model.to(self.device)
+        self.top_id = int(tokens.max()) if tokens.size else 0
+        _check_vocab(model, self.top_id)
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.bytes = self.scored = 0
+
+    def autocast(self):
+        """bf16 autocast on CUDA, nothing on CPU (float32)."""
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def score(self, batch: list[Window]) -> None:
+        """Score one batch of equal-length windows (call under no_grad/inference_mode, with the
+        model in eval mode) and add its sums."""
+        tokens, dev = self.tokens, self.device
+        length = batch[0][1] - batch[0][0]
+        x_np = np.stack([tokens[s:e] for s, e, _ in batch]).astype(np.int64)
+        y_np = np.stack([tokens[s + 1:e + 1] for s, e, _ in batch]).astype(np.int64)
+        x = torch.from_numpy(x_np).to(dev, non_blocking=True)
+        y = torch.from_numpy(y_np).to(dev, non_blocking=True)
+        with self.autocast():
+            logits = self.model(x)
+        _check_logits(logits, len(batch), length, self.top_id)
+        first = min(f for _, _, f in batch)  # positions before it are scored by no window
+        starts = torch.tensor([f for _, _, f in batch], device=dev)
+        mask = torch.arange(first, length, device=dev)[None, :] >= starts[:, None]
+        nll = F.cross_entropy(logits[:, first:].float().reshape(-1, logits.size(-1)),
+                              y[:, first:].reshape(-1), reduction="none").view(len(batch), -1)
+        # torch.where, not boolean indexing: no host sync on CUDA
+        self.loss_sum += torch.where(mask, nll.double(), 0.0).sum()
+        nbytes = _window_bytes(x_np, y_np, batch, self.counter, self.sidecar)
+        np_mask = np.arange(length)[None, :] >= np.array([f for _, _, f in batch])[:, None]
+        self.bytes += int(nbytes[np_mask].sum())
+        self.scored += int(np_mask.sum())
+
+    def running_bpb(self) -> float:
+        """bpb so far (syncs the device)."""
+        return self.loss_sum.item() / (math.log(2) * max(self.bytes, 1))
+
+    def total_loss(self, label: str) -> float:
+        """Σ loss as a float; a non-finite sum is an error naming `label`."""
+        total = float(self.loss_sum.item())
+        if not math.isfinite(total):
+            raise GolfError(f"{label}: the model produced a non-finite loss ({total}); "
+                            "its weights or activations hold NaN/Inf")
+        return total
+
+
 def _score_windows(model: nn.Module, tokens: np.ndarray, windows: Iterator[Window], n_windows: int,
                    counter: ByteCounter | None, sidecar, batch_seqs: int, device,
                    label: str, progress: bool) -> tuple[float, int, int, float, torch.device]:
-    """Run the model over the windows; return (Σ loss nats, Σ bytes, scored targets, seconds)."""
+    """Run the model over the windows; return (Σ loss nats, Σ bytes, scored targets, seconds, device)."""
     if batch_seqs < 1:
         raise ConfigError(f"batch_seqs {batch_seqs} must be >= 1")
-    dev = _resolve_device(model, device)
-    model.to(dev)
+    scorer = WindowScorer(model, tokens, counter, sidecar, device)
     was_training = model.training
     model.eval()
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda"
-                else contextlib.nullcontext())
-    top_id = int(tokens.max()) if tokens.size else 0
-    _check_vocab(model, top_id)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
-    byte_sum = scored = done = 0
+    done = 0
     meter = Progress(label, n_windows, enabled=progress)
     meter.last = time.perf_counter()  # first line after `every_s`, not at once
     t0 = time.perf_counter()
     try:
         with torch.inference_mode():
-            for batch in _batches(windows, batch_seqs):
-                length = batch[0][1] - batch[0][0]
-                x_np = np.stack([tokens[s:e] for s, e, _ in batch]).astype(np.int64)
-                y_np = np.stack([tokens[s + 1:e + 1] for s, e, _ in batch]).astype(np.int64)
-                x = torch.from_numpy(x_np).to(dev, non_blocking=True)
-                y = torch.from_numpy(y_np).to(dev, non_blocking=True)
-                with autocast:
-                    logits = model(x)
-                _check_logits(logits, len(batch), length, top_id)
-                first = min(f for _, _, f in batch)  # positions before it are scored by no window
-                starts = torch.tensor([f for _, _, f in batch], device=dev)
-                mask = torch.arange(first, length, device=dev)[None, :] >= starts[:, None]
-                nll = F.cross_entropy(logits[:, first:].float().reshape(-1, logits.size(-1)),
-                                      y[:, first:].reshape(-1), reduction="none").view(len(batch), -1)
-                # torch.where, not boolean indexing: no host sync on CUDA
-                loss_sum += torch.where(mask, nll.double(), 0.0).sum()
-                nbytes = _window_bytes(x_np, y_np, batch, counter, sidecar)
-                np_mask = np.arange(length)[None, :] >= np.array([f for _, _, f in batch])[:, None]
-                byte_sum += int(nbytes[np_mask].sum())
-                scored += int(np_mask.sum())
+            for batch in batch_windows(windows, batch_seqs):
+                scorer.score(batch)
                 done += len(batch)
                 if progress and time.perf_counter() - meter.last >= meter.every_s:
                     # .item() syncs the device, so only when a progress line is due
-                    running = loss_sum.item() / (math.log(2) * max(byte_sum, 1))
-                    meter.update(done, f"bpb {running:.4f}")
-        total_loss = float(loss_sum.item())
+                    meter.update(done, f"bpb {scorer.running_bpb():.4f}")
+        total_loss = scorer.total_loss(label)
     finally:
         model.train(was_training)
     seconds = time.perf_counter() - t0
-    if not math.isfinite(total_loss):
-        raise GolfError(f"{label}: the model produced a non-finite loss ({total_loss}); "
-                        "its weights or activations hold NaN/Inf")
-    return total_loss, byte_sum, scored, seconds, dev
+    return total_loss, scorer.bytes, scorer.scored, seconds, scorer.device
 
 
 def _model_vocab(model: nn.Module) -> int | None:
@@ -355,7 +389,7 @@ def _meta_seq_len(meta) -> int | None:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("eval", help="exact val_bpb of a checkpoint (flat or sliding window)",
+    p = sub.add_parser("eval", help="exact val_bpb of a checkpoint (flat or sliding window, optional TTT)",
                        description="Score a checkpoint on a dataset's validation shards with the "
                                    "challenge's exact val_bpb rule. Numbers on non-FineWeb text are "
                                    "not comparable with FineWeb results.")
@@ -370,8 +404,55 @@ def register(sub) -> None:
                    help="auto = CUDA (bf16 autocast) when available, else CPU (float32)")
     p.add_argument("--max-tokens", type=int, default=None,
                    help="evaluate only the first N val tokens (quick looks; not the full score)")
+    _add_ttt_flags(p)
     add_json_flag(p)
     p.set_defaults(run=_run_eval, help_parser=p)
+
+
+# flag -> (TTTConfig field, type, help); defaults live in TTTConfig alone
+_TTT_FLAGS = {
+    "--ttt-chunk": ("chunk_tokens", int, "targets per chunk (default 32768 chunked, 64 lora/phased; <= seq_len there)"),
+    "--ttt-epochs": ("epochs", int, "passes over each scored chunk (lora: steps per chunk; default 1)"),
+    "--ttt-optimizer": ("optimizer", str, "full-model optimizer: sgd or adamw (default sgd)"),
+    "--ttt-lr": ("lr", float, "full-model lr (chunked; phased global phases; default 0.002)"),
+    "--ttt-momentum": ("momentum", float, "SGD momentum (default 0.9)"),
+    "--ttt-weight-decay": ("weight_decay", float, "weight decay (default 0)"),
+    "--ttt-grad-clip": ("grad_clip", float, "gradient-norm clip, 0 = off (default 1.0)"),
+    "--ttt-freeze-blocks": ("frozen_blocks", int, "freeze the first N blocks (default 0)"),
+    "--ttt-batch-seqs": ("batch_seqs", int, "training windows per step (default 8)"),
+    "--ttt-seq-len": ("train_seq_len", int, "full-model training window length (default: --seq-len)"),
+    "--ttt-lora-rank": ("lora_rank", int, "LoRA rank (default 8)"),
+    "--ttt-lora-alpha": ("lora_alpha", float, "LoRA alpha; the delta is scaled alpha/rank (default 16)"),
+    "--ttt-lora-lr": ("lora_lr", float, "LoRA lr (default 0.001)"),
+    "--ttt-lora-optimizer": ("lora_optimizer", str, "LoRA optimizer: sgd or adamw (default adamw)"),
+    "--ttt-lora-targets": ("lora_targets", str, "comma list of nn.Linear names/suffixes, or 'all' "
+                                                "(default c_q,c_v,attn.proj,mlp.fc,mlp.proj)"),
+    "--ttt-phases": ("phases", int, "phased: global phases over the prefix documents (default 1)"),
+    "--ttt-prefix-docs": ("prefix_docs", int, "phased: documents covered by the global phases (default 2000)"),
+    "--ttt-global-epochs": ("global_epochs", int, "phased: passes over the scored documents per phase (default 1)"),
+    "--ttt-seed": ("seed", int, "seed of the LoRA initialisation (default 0)"),
+}
+
+
+def _add_ttt_flags(p) -> None:
+    g = p.add_argument_group("test-time training (score first, then train on scored tokens only)")
+    g.add_argument("--ttt", choices=("chunked", "lora", "phased"), default=None,
+                   help="also score with test-time training and report both val_bpb figures")
+    for flag, (dest, kind, text) in _TTT_FLAGS.items():
+        metavar = {int: "N", float: "X"}.get(kind, "NAME")
+        g.add_argument(flag, dest="ttt_" + dest, type=kind, default=None, metavar=metavar, help=text)
+    g.add_argument("--ttt-no-cosine", dest="ttt_cosine", action="store_false", default=None,
+                   help="constant lr instead of the cosine decay over the stream / phases")
+
+
+def _ttt_config(args):
+    """The TTTConfig of the command line (only the flags given override its defaults)."""
+    from train.ttt import TTTConfig
+
+    given = {dest: getattr(args, "ttt_" + dest) for dest, _, _ in _TTT_FLAGS.values()}
+    given["cosine"] = args.ttt_cosine
+    overrides = {k: v for k, v in given.items() if v is not None}
+    return TTTConfig(mode=args.ttt, **overrides)
 
 
 def _run_eval(args) -> int:
@@ -379,6 +460,7 @@ def _run_eval(args) -> int:
     from train.checkpoint import load_checkpoint
     from train.shards import resolve_data
 
+    ttt_cfg = _ttt_config(args) if args.ttt else None  # bad knobs fail before any work
     ckpt = Path(args.checkpoint) if args.checkpoint else BUNDLED_CHECKPOINT
     model, cfg, meta = load_checkpoint(ckpt)
     vocab = int(cfg.vocab_size)
@@ -397,6 +479,8 @@ def _run_eval(args) -> int:
         tokens = tokens[:args.max_tokens]
         sidecar = sidecar[:args.max_tokens] if sidecar is not None else None
     seq_len = args.seq_len or _meta_seq_len(meta) or 1024
+    if ttt_cfg is not None:
+        ttt_cfg.chunk_for(seq_len)
     common = dict(batch_seqs=args.batch_seqs, device=args.device, sidecar=sidecar, progress=True)
     if args.stride is not None:
         result = eval_sliding(model, tokens, counter, seq_len, args.stride, **common)
@@ -406,8 +490,28 @@ def _run_eval(args) -> int:
     out.update(checkpoint=str(ckpt), dataset=str(data.dataset_dir),
                byte_rule="side-car" if sidecar is not None else "tokenizer tables",
                val_tokens=int(np.asarray(tokens).size))
+    if ttt_cfg is not None:
+        out["ttt"] = _ttt_figures(model, tokens, counter, seq_len, args, ttt_cfg, sidecar, result)
     emit(out, args.json, _text)
     return 0
+
+
+def _ttt_figures(model, tokens, counter, seq_len, args, cfg, sidecar, plain: EvalResult) -> dict:
+    """The TTT run's figures next to the plain eval's; document modes also report the
+    per-document scoring without any update (their context restarts at each BOS)."""
+    from train.ttt import eval_documents, run_ttt
+
+    common = dict(stride=args.stride, device=args.device, sidecar=sidecar)
+    res = run_ttt(model, tokens, counter, seq_len, cfg, batch_seqs=args.batch_seqs, progress=True, **common)
+    if (res.tokens, res.bytes) != (plain.tokens, plain.bytes):  # the proof's premise; never expected
+        raise GolfError(f"ttt scored {res.tokens} targets / {res.bytes} bytes, the plain eval "
+                        f"{plain.tokens} / {plain.bytes}")
+    out = res.to_dict()
+    out.update(baseline_val_bpb=plain.val_bpb, gain_bpb=plain.val_bpb - res.val_bpb, doc_baseline=None)
+    if cfg.mode != "chunked":
+        docs = eval_documents(model, tokens, counter, seq_len, res.chunk_tokens, progress=True, **common)
+        out["doc_baseline"] = {"val_bpb": docs.val_bpb, "val_loss": docs.val_loss, "seconds": docs.seconds}
+    return out
 
 
 def _text(r: dict) -> str:
@@ -420,4 +524,20 @@ def _text(r: dict) -> str:
         f"val_bpb      {r['val_bpb']:.6f}",
         f"scored       {r['tokens']:,} tokens, {r['bytes']:,} bytes",
         f"time         {r['seconds']:.2f} s, {r['tokens_per_s']:,.0f} tokens/s",
+        *(_ttt_text(r["ttt"]) if r.get("ttt") else []),
     ])
+
+
+def _ttt_text(t: dict) -> list[str]:
+    lines = [
+        f"ttt          {t['mode']}, chunk {t['chunk_tokens']}, {t['chunks']} chunks"
+        + (f", {t['documents']} documents" if t["documents"] else "")
+        + f", {t['updates']} updates on {t['device']}",
+    ]
+    if t.get("doc_baseline"):
+        lines.append(f"ttt doc ref  val_bpb {t['doc_baseline']['val_bpb']:.6f} (documents scored apart, no update)")
+    lines += [
+        f"ttt val_bpb  {t['val_bpb']:.6f}  (without TTT {t['baseline_val_bpb']:.6f}, gain {t['gain_bpb']:+.6f})",
+        f"ttt time     {t['seconds']:.2f} s (scoring {t['score_seconds']:.2f} s, training {t['train_seconds']:.2f} s)",
+    ]
+    return lines
