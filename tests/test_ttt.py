@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from artifact.errors import ConfigError, GolfError
+from artifact.errors import ConfigError
 from train.byte_count import ByteCounter
 from train.bundled import BUNDLED_CHECKPOINT, BUNDLED_DATA
 from train.evaluate import eval_flat, eval_sliding, load_val
