@@ -1,6 +1,7 @@
 """`golf pack`, `golf inspect`, `golf verify`: checkpoint → submission folder → proof it works.
 
     golf pack [CKPT] --recipe NAME|PATH --out DIR [--data DIR] [--budget NAME|BYTES] [--compact]
+              [--ttt {chunked,lora,phased} [--ttt-... knobs, as golf eval]]
     golf inspect BLOB|DIR
     golf verify DIR [--budget NAME|BYTES] [--data DIR] [--seq-len L] [--stride S] [--max-tokens N]
 
@@ -20,7 +21,7 @@ from artifact.budget import count_submission, resolve_budget
 from artifact.cliutil import Progress, add_code_form_flags, add_json_flag, emit
 from artifact.container import inspect as inspect_blob
 from artifact.errors import ArtifactError, ConfigError
-from artifact.submission import BLOB, MARKER, check_out_dir, is_submission, write_submission
+from artifact.submission import BLOB, MARKER, TTT_MODULE, check_out_dir, is_submission, write_submission
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # The project modules run.py imports, shipped as copies in the same layout (empty package
@@ -38,12 +39,16 @@ SHIPPED_MODULES = (
     "train/tokenizer.py",
     "train/evaluate.py",
 )
+# Shipped in addition only when the submission scores with test-time training (config.json's
+# eval.ttt): a submission without TTT carries, and is counted for, none of its bytes.
+TTT_MODULES = (TTT_MODULE,)
 DEFAULT_SEQ_LEN = 1024
 
 
-def ship_modules() -> list[tuple[Path, str]]:
-    """(source file, destination inside the submission) of every shipped project module."""
-    return [(PROJECT_ROOT / rel, rel) for rel in SHIPPED_MODULES]
+def ship_modules(ttt: bool = False) -> list[tuple[Path, str]]:
+    """(source file, destination inside the submission) of every shipped project module; with
+    `ttt` also the test-time-training module."""
+    return [(PROJECT_ROOT / rel, rel) for rel in SHIPPED_MODULES + (TTT_MODULES if ttt else ())]
 
 
 def register(sub) -> None:
@@ -66,8 +71,30 @@ def _register_pack(sub) -> None:
     p.add_argument("--seq-len", type=int, default=None,
                    help="eval seq_len recorded in config.json (default: the checkpoint's training seq_len)")
     add_code_form_flags(p)
+    _add_ttt_flags(p)
     add_json_flag(p)
     p.set_defaults(run=_run_pack, help_parser=p)
+
+
+def _add_ttt_flags(p) -> None:
+    # The very flags (and TTTConfig mapping) of `golf eval --ttt`, so a packed submission scores
+    # exactly what that command scores.
+    from train.evaluate import add_ttt_flags as add_eval_ttt_flags
+
+    add_eval_ttt_flags(p)
+
+
+def pack_ttt_settings(args, seq_len: int) -> dict | None:
+    """config.json's eval.ttt table from the --ttt flags (None without --ttt): every TTTConfig
+    field, checked by the same TTTConfig.from_dict the shipped run.py reads it back with."""
+    if not args.ttt:
+        return None
+    from train.evaluate import ttt_config_from_args
+    from train.ttt import TTTConfig
+
+    cfg = TTTConfig.from_dict(ttt_config_from_args(args).to_dict(), source="--ttt flags")
+    cfg.chunk_for(seq_len)  # a document-mode chunk longer than the eval window fails now, not at eval
+    return cfg.to_dict()
 
 
 def train_seq_len(meta) -> int | None:
@@ -146,6 +173,8 @@ def _run_pack(args) -> int:
     seq_len = args.seq_len or train_seq_len(meta) or DEFAULT_SEQ_LEN
     if seq_len < 1:
         raise ConfigError(f"--seq-len {seq_len} must be >= 1")
+    ttt = pack_ttt_settings(args, seq_len)  # bad knobs fail before minutes of packing
+    eval_defaults = {"seq_len": seq_len} if ttt is None else {"seq_len": seq_len, "ttt": ttt}
     hessians, calib_data = recipe_hessians(model, cfg, recipe, args.data)
     state = {k: v.detach() for k, v in model.state_dict().items()}
     packed = pack_state_dict(state, recipe, hessians, progress=Progress("pack", len(state)))
@@ -157,12 +186,12 @@ def _run_pack(args) -> int:
         "predicted_tensor_bytes": _predicted_bytes(packed.rows),
         "tensors": _plain(list(packed.rows)),
     }
-    written = write_submission(args.out, packed.entries, cfg.to_dict(), {"seq_len": seq_len},
-                               ship_modules(), compact=args.compact, info=info)
+    written = write_submission(args.out, packed.entries, cfg.to_dict(), eval_defaults,
+                               ship_modules(ttt=ttt is not None), compact=args.compact, info=info)
     count = count_submission(args.out, budget)
     report = inspect_blob(Path(args.out) / BLOB)
     result = {"out": str(args.out), "recipe": recipe.name, "checkpoint": str(ckpt), "compact": args.compact,
-              "seq_len": seq_len, "predicted_tensor_bytes": info["predicted_tensor_bytes"],
+              "seq_len": seq_len, "ttt": ttt, "predicted_tensor_bytes": info["predicted_tensor_bytes"],
               "tensors": report["tensors"], "blob": report["totals"],
               "bytes": count.to_dict(), "files": written["files"]}
     emit(result, args.json, _pack_text)
@@ -199,11 +228,19 @@ def _pack_text(r: dict) -> str:
         f"predicted    {_num(r['predicted_tensor_bytes'])} bytes of tensor streams (size models, each "
         f"part alone); actual {r['blob']['stream_bytes']:,}",
         f"code         {b['code_bytes']:,} bytes",
+        *([_ttt_setting_line(r["ttt"])] if r.get("ttt") else []),
         f"total        {b['total_bytes']:,} bytes vs {b['budget']} limit {b['limit']:,}: {verdict}, "
         f"headroom {b['headroom']:,}",
         f"wrote        {r['out']}  (prove it: golf verify {r['out']})",
     ]
     return "\n".join(lines)
+
+
+def _ttt_setting_line(t: dict) -> str:
+    knobs = (f"rank {t['lora_rank']} lr {t['lora_lr']:g}, {t['epochs']} epoch(s)" if t["mode"] != "chunked"
+             else f"lr {t['lr']:g}, {t['epochs']} epoch(s)")
+    chunk = f"chunk {t['chunk_tokens']}" if t["chunk_tokens"] else "default chunk"
+    return f"ttt          {t['mode']} ({knobs}, {chunk}) in config.json; ships {TTT_MODULE}"
 
 
 # ----------------------------------------------------------------------------- inspect
@@ -294,5 +331,17 @@ def _verify_text(r: dict) -> str:
         f"modules      {len(run['modules'])} project modules, all from the clean copy ({', '.join(where)})",
         f"scored       {run['tokens']:,} tokens / {run['bytes']:,} bytes, {mode} seq_len {run['seq_len']} on "
         f"{run['device']} in {run['eval_seconds']:.1f} s: val_loss {run['val_loss']:.6f}",
+        *(_verify_ttt_lines(run) if run.get("ttt") else []),
         r["line"],
     ])
+
+
+def _verify_ttt_lines(run: dict) -> list[str]:
+    t = run["ttt"]
+    docs = f", {t['documents']:,} documents" if t["documents"] else ""
+    return [
+        f"ttt          {t['mode']}, chunk {t['chunk_tokens']}, {t['chunks']:,} chunks{docs}, {t['updates']:,} "
+        f"updates in {t['seconds']:.1f} s (scoring {t['score_seconds']:.1f} s, training {t['train_seconds']:.1f} s)",
+        f"ttt val_bpb  {t['val_bpb']:.8f}  (plain {run['val_bpb']:.8f}, gain {run['val_bpb'] - t['val_bpb']:+.8f}); "
+        f"val_loss {t['val_loss']:.6f}",
+    ]

@@ -11,6 +11,10 @@ It decodes `model.blob` (every tensor's hash checked against the manifest), buil
 the challenge's exact rule (flat windows, or sliding windows with --stride) and prints ONE JSON
 line, including where each imported project module came from (so a verifier can prove they came
 from this folder). Exit 0 on success, 1 on a decode/hash failure, 2 on any other error.
+
+With a `ttt` table in config.json's eval section (then train/ttt.py ships too) the same tokens
+are also scored with test-time training (`train.ttt.run_ttt`, as `golf eval --ttt`): the line
+gains a `ttt` object, the submission's score; the top-level figures stay the plain eval's.
 """
 
 import argparse
@@ -63,19 +67,57 @@ def load_model(config):
     return model.eval(), len(weights), seconds
 
 
-def evaluate(model, config, args):
-    vocab = model.config.vocab_size
+def eval_seq_len(config, args):
+    return args.seq_len or config.get("eval", {}).get("seq_len") or 1024
+
+
+def ttt_config(config, seq_len):
+    """config.json's eval.ttt as a TTTConfig; None without TTT (train/ttt.py ships only with it)."""
+    spec = config.get("eval", {}).get("ttt")
+    if spec is None:
+        return None
+    from artifact.errors import ConfigError
+
+    try:
+        if not isinstance(spec, dict):
+            raise TypeError(f"must be a table of TTT settings, got {type(spec).__name__}")
+        from train.ttt import TTTConfig
+
+        cfg = TTTConfig.from_dict(spec)
+        cfg.chunk_for(seq_len)
+    except Exception as e:  # one clear error, whatever is wrong in the table (or missing)
+        raise ConfigError(f"config.json eval.ttt: {e}") from None
+    return cfg
+
+
+def load_stream(vocab, args):
+    """(tokens, byte counter or None, side-car or None) of the val shards, cut to --max-tokens."""
     data = resolve_data(args.data, vocab_size=vocab)
     tokens, sidecar = load_val(data, vocab)
     counter = None if sidecar is not None else ByteCounter.from_sentencepiece(data.require_tokenizer(), vocab)
     if args.max_tokens is not None:
         tokens = tokens[: args.max_tokens]
         sidecar = sidecar[: args.max_tokens] if sidecar is not None else None
-    seq_len = args.seq_len or config.get("eval", {}).get("seq_len") or 1024
+    return tokens, counter, sidecar
+
+
+def evaluate(model, stream, seq_len, args):
+    tokens, counter, sidecar = stream
     common = dict(device=args.device, sidecar=sidecar, progress=False)
     if args.stride is not None:
         return eval_sliding(model, tokens, counter, seq_len, args.stride, **common)
     return eval_flat(model, tokens, counter, seq_len, **common)
+
+
+def evaluate_ttt(model, stream, seq_len, cfg, args):
+    from train.ttt import run_ttt
+
+    tokens, counter, sidecar = stream
+    r = run_ttt(model, tokens, counter, seq_len, cfg, stride=args.stride, device=args.device,
+                sidecar=sidecar, progress=False)
+    keys = ("mode", "val_loss", "val_bpb", "tokens", "bytes", "seconds", "score_seconds", "train_seconds",
+            "chunk_tokens", "chunks", "documents", "updates", "trained_targets", "config")
+    return {k: getattr(r, k) for k in keys}
 
 
 def main(argv=None):
@@ -86,12 +128,17 @@ def main(argv=None):
     try:
         with open(os.path.join(HERE, "config.json"), encoding="utf-8") as f:
             config = json.load(f)
+        seq_len = eval_seq_len(config, args)
+        ttt = ttt_config(config, seq_len)  # fails before decoding
         model, n_tensors, decode_seconds = load_model(config)
         out.update(hashes_ok=True, n_tensors=n_tensors, decode_seconds=decode_seconds)
-        r = evaluate(model, config, args)
+        stream = load_stream(model.config.vocab_size, args)
+        r = evaluate(model, stream, seq_len, args)
         out.update(val_loss=r.val_loss, val_bpb=r.val_bpb, tokens=r.tokens, bytes=r.bytes,
                    eval_seconds=r.seconds, mode=r.mode, seq_len=r.seq_len, stride=r.stride,
                    device=r.device)
+        if ttt is not None:
+            out["ttt"] = evaluate_ttt(model, stream, seq_len, ttt, args)
         code = 0
     except DecodeError as e:
         out["error"], code = f"model.blob: {e}", 1

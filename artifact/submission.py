@@ -3,7 +3,8 @@
 A submission is a folder that scores itself with nothing but its own files:
 
     model.blob            the artifact (artifact.container.build_blob)
-    config.json           model config + eval defaults (seq_len)
+    config.json           model config + eval defaults (seq_len; `ttt`: the test-time-training
+                          settings, present only when the submission scores with TTT)
     run.py                the entry point (artifact/shipped_run.py, copied verbatim)
     artifact/..., train/...   copies of the project modules run.py imports, same layout,
                           with an empty __init__.py per package
@@ -42,6 +43,7 @@ CONFIG = "config.json"
 ENTRY = "run.py"
 ENTRY_TEMPLATE = Path(__file__).resolve().with_name("shipped_run.py")
 RESERVED = {BLOB, CONFIG, ENTRY, MARKER}
+TTT_MODULE = "train/ttt.py"  # shipped exactly when config.json's eval section has a `ttt` table
 
 
 # ----------------------------------------------------------------------------- sources
@@ -151,14 +153,26 @@ def plan_files(entries, model_config: dict, eval_defaults: dict, ship_modules, c
     """Every shipped file's bytes by relative path (the folder, minus submission.json)."""
     if not isinstance(model_config, dict) or not isinstance(eval_defaults, dict):
         raise ConfigError("model_config and eval_defaults must be dicts")
+    sources = {**_module_sources(ship_modules), ENTRY: _read_source(ENTRY_TEMPLATE)}
+    _check_ttt_shipped(eval_defaults, sources)
     files = {BLOB: blob if blob is not None else build_blob(entries),
              CONFIG: _json_bytes({"model": model_config, "eval": eval_defaults})}
-    sources = {**_module_sources(ship_modules), ENTRY: _read_source(ENTRY_TEMPLATE)}
     if compact:
         files[ENTRY] = build_stub({rel: src.decode("utf-8") for rel, src in sources.items()})
     else:
         files.update(sources)  # the modules exactly as they are in the project
     return dict(sorted(files.items()))
+
+
+def _check_ttt_shipped(eval_defaults: dict, sources: dict) -> None:
+    """A TTT setting needs the TTT module in the folder, and the module ships only with one (a
+    submission without TTT must not pay for its bytes)."""
+    has_ttt, ships_ttt = eval_defaults.get("ttt") is not None, TTT_MODULE in sources
+    if has_ttt and not isinstance(eval_defaults["ttt"], dict):
+        raise ConfigError("eval_defaults['ttt'] must be a dict of TTT settings")
+    if has_ttt != ships_ttt:
+        raise ConfigError(f"eval settings {'with' if has_ttt else 'without'} ttt but {TTT_MODULE} is "
+                          f"{'not ' if has_ttt else ''}among the shipped modules")
 
 
 def is_submission(folder: str | Path) -> bool:

@@ -8,9 +8,12 @@
    one of this project's package folders (artifact/, train/, analysis/, wherever installed) — a
    missing shipped module is a failure, never a silent fallback to the installed project;
 4. checks run.py's JSON line: every tensor hash verified by the shipped decoder, as many tensors
-   as the manifest holds, every imported project module loaded from inside the copy;
+   as the manifest holds, every imported project module loaded from inside the copy; when
+   config.json configures test-time training (eval.ttt), a TTT score from the shipped
+   `train.ttt` over exactly the plain eval's targets and bytes;
 5. returns the verdict: `FITS total=… (code=… model=…) limit=… headroom=… val_bpb=…` or
-   `OVER total=… limit=… over_by=… val_bpb=…`.
+   `OVER total=… limit=… over_by=… val_bpb=…`; val_bpb is the submission's score (the TTT
+   figure when it has TTT, then followed by `plain_val_bpb=…`).
 A failed process, a hash mismatch (tampered blob), an import from outside or a timeout raises
 `VerifyError` (an `ArtifactError`).
 """
@@ -30,7 +33,7 @@ from pathlib import Path
 from artifact.budget import Budget, ByteCount, count_submission, resolve_budget
 from artifact.container import read_manifest_checked
 from artifact.errors import ArtifactError
-from artifact.submission import BLOB, ENTRY
+from artifact.submission import BLOB, CONFIG, ENTRY
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PROJECT_PACKAGES = ("artifact", "train", "analysis")
@@ -91,16 +94,30 @@ class VerifyResult:
         return "FITS" if self.fits else "OVER"
 
     @property
+    def ttt(self) -> dict | None:
+        """run.py's test-time-training figures, None when the submission has no TTT."""
+        return self.run.get("ttt") or None
+
+    @property
     def val_bpb(self) -> float:
+        """The submission's score: with TTT when it carries TTT, else the plain eval's."""
+        return float(self.ttt["val_bpb"] if self.ttt else self.run["val_bpb"])
+
+    @property
+    def plain_val_bpb(self) -> float:
+        """The plain eval's val_bpb of the decoded weights (no test-time training)."""
         return float(self.run["val_bpb"])
 
     def line(self) -> str:
         """The one verdict line."""
         c = self.count
+        score = f"val_bpb={self.val_bpb:.8f}"
+        if self.ttt:
+            score += f" (ttt {self.ttt['mode']}; plain_val_bpb={self.plain_val_bpb:.8f})"
         if self.fits:
             return (f"FITS total={c.total} (code={c.code_bytes} model={c.model_bytes}) "
-                    f"limit={c.budget.bytes} headroom={c.headroom} val_bpb={self.val_bpb:.8f}")
-        return f"OVER total={c.total} limit={c.budget.bytes} over_by={-c.headroom} val_bpb={self.val_bpb:.8f}"
+                    f"limit={c.budget.bytes} headroom={c.headroom} {score}")
+        return f"OVER total={c.total} limit={c.budget.bytes} over_by={-c.headroom} {score}"
 
     def to_dict(self) -> dict:
         return {"verdict": self.verdict, "line": self.line(), "bytes": self.count.to_dict(), "run": self.run}
@@ -173,6 +190,35 @@ def _check_modules(result: dict, copy: Path) -> None:
         raise VerifyError(f"run.py did not import the shipped {', '.join(missing)}")
 
 
+def _configured_ttt(copy: Path) -> dict | None:
+    """config.json's eval.ttt table (None without TTT; an unreadable config is run.py's error)."""
+    try:
+        config = json.loads((copy / CONFIG).read_text(encoding="utf-8"))
+        return config["eval"].get("ttt")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _check_ttt(result: dict, configured: dict | None) -> None:
+    """With TTT configured, run.py must report a TTT score from the shipped train.ttt over the
+    very targets and bytes the plain eval scored; without, it must report none."""
+    ttt = result.get("ttt")
+    if configured is None:
+        if ttt is not None:
+            raise VerifyError("run.py reported a TTT score but config.json configures no TTT")
+        return
+    if not isinstance(ttt, dict):
+        raise VerifyError("config.json configures TTT (eval.ttt) but run.py reported no TTT score")
+    for key in ("val_bpb", "val_loss", "tokens", "bytes"):
+        if not isinstance(ttt.get(key), (int, float)):
+            raise VerifyError(f"run.py's TTT result lacks {key!r}")
+    if (ttt["tokens"], ttt["bytes"]) != (result["tokens"], result["bytes"]):
+        raise VerifyError(f"run.py's TTT run scored {ttt['tokens']} targets / {ttt['bytes']} bytes, its plain "
+                          f"eval {result['tokens']} / {result['bytes']}")
+    if "train.ttt" not in result["modules"]:
+        raise VerifyError("run.py reported a TTT score without importing the shipped train.ttt")
+
+
 def _check_result(proc, result: dict | None, copy: Path, n_manifest: int) -> dict:
     if result is None:
         last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -187,6 +233,7 @@ def _check_result(proc, result: dict | None, copy: Path, n_manifest: int) -> dic
     for key in ("val_bpb", "val_loss", "tokens", "bytes"):
         if not isinstance(result.get(key), (int, float)):
             raise VerifyError(f"run.py's result lacks {key!r}")
+    _check_ttt(result, _configured_ttt(copy))
     return result
 
 

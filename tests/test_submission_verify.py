@@ -85,6 +85,8 @@ def test_verify_fits_and_scores_exactly_the_packed_weights(plain):
     assert {p for p, _, role in result.count.files if role != "not counted"} == set(shipped)
     assert {"run.py", "model.blob", "config.json", "artifact/__init__.py", "train/__init__.py"} <= set(shipped)
     assert set(SHIPPED_MODULES) <= set(shipped)
+    assert "train/ttt.py" not in shipped and "ttt" not in result.run  # TTT ships only when packed with --ttt
+    assert json.loads((plain / "config.json").read_text())["eval"] == {"seq_len": train_seq_len(load_checkpoint(CKPT)[2])}
     assert result.run["hashes_ok"] and all("golf-verify-" in p for p in result.run["modules"].values())
 
     # The same weights evaluated in this process, straight from the packer's PackResult.

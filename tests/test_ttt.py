@@ -244,7 +244,7 @@ def test_frozen_blocks_stay_bit_identical_while_the_rest_adapts(small, tokens, c
     ({"optimizer": "lion"}, "optimizer 'lion' must be one of sgd, adamw"),
     ({"lr": -0.1}, "lr -0.1 must be a finite number >= 0"),
     ({"lora_lr": float("nan")}, "lora_lr nan must be a finite number >= 0"),
-    ({"momentum": 1.0}, "momentum 1.0 must be in"),
+    ({"momentum": 1.0}, "momentum 1.0 must be a number in"),
     ({"chunk_tokens": 0}, "chunk_tokens 0 must be >= 1"),
     ({"train_seq_len": 0}, "train_seq_len 0 must be >= 1"),
     ({"lora_rank": 0}, "lora_rank must be an integer >= 1"),

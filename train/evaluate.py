@@ -404,7 +404,7 @@ def register(sub) -> None:
                    help="auto = CUDA (bf16 autocast) when available, else CPU (float32)")
     p.add_argument("--max-tokens", type=int, default=None,
                    help="evaluate only the first N val tokens (quick looks; not the full score)")
-    _add_ttt_flags(p)
+    add_ttt_flags(p)
     add_json_flag(p)
     p.set_defaults(run=_run_eval, help_parser=p)
 
@@ -434,7 +434,8 @@ _TTT_FLAGS = {
 }
 
 
-def _add_ttt_flags(p) -> None:
+def add_ttt_flags(p) -> None:
+    """The `--ttt` flags of `golf eval` (and of `golf pack`, so a submission scores the same way)."""
     g = p.add_argument_group("test-time training (score first, then train on scored tokens only)")
     g.add_argument("--ttt", choices=("chunked", "lora", "phased"), default=None,
                    help="also score with test-time training and report both val_bpb figures")
@@ -445,7 +446,7 @@ def _add_ttt_flags(p) -> None:
                    help="constant lr instead of the cosine decay over the stream / phases")
 
 
-def _ttt_config(args):
+def ttt_config_from_args(args):
     """The TTTConfig of the command line (only the flags given override its defaults)."""
     from train.ttt import TTTConfig
 
@@ -460,7 +461,7 @@ def _run_eval(args) -> int:
     from train.checkpoint import load_checkpoint
     from train.shards import resolve_data
 
-    ttt_cfg = _ttt_config(args) if args.ttt else None  # bad knobs fail before any work
+    ttt_cfg = ttt_config_from_args(args) if args.ttt else None  # bad knobs fail before any work
     ckpt = Path(args.checkpoint) if args.checkpoint else BUNDLED_CHECKPOINT
     model, cfg, meta = load_checkpoint(ckpt)
     vocab = int(cfg.vocab_size)

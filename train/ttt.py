@@ -113,7 +113,8 @@ class TTTConfig:
         for name in ("lr", "lora_lr", "weight_decay", "grad_clip", "lora_alpha"):
             finite_nonneg(name)
         need(self.lora_alpha > 0, "lora_alpha must be > 0")
-        need(0.0 <= self.momentum < 1.0, f"momentum {self.momentum} must be in [0, 1)")
+        need(isinstance(self.momentum, (int, float)) and 0.0 <= self.momentum < 1.0,
+             f"momentum {self.momentum!r} must be a number in [0, 1)")
         need(len(self.lora_targets) > 0, "lora_targets names no module")
 
     def chunk_for(self, seq_len: int) -> int:
