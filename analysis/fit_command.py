@@ -1,7 +1,7 @@
 """`golf fit`: the lowest-loss artifact of a checkpoint that fits a byte budget, proven.
 
     golf fit [CKPT] [--budget NAME|BYTES] [--out DIR] [--data DIR] [--pin NAME=LABEL ...]
-             [--dry-run] [--compact] [--cache DIR] [--json]
+             [--dry-run] [--compact] [--cache DIR] [--jobs N] [--json]
 
 measure (artifact.measure, cached) → solve + pack + repair (artifact.fit) → write the submission
 to OUT/submission → verify it in a fresh process (artifact.verify) → compare with fixed recipes.
@@ -24,13 +24,16 @@ import numpy as np
 import torch
 
 from artifact.budget import count_submission, resolve_budget
-from artifact.cliutil import Progress, add_json_flag, emit
+from artifact.cliutil import Progress, add_code_form_flags, add_json_flag, emit
 from artifact.errors import ArtifactError, ConfigError
 
 DEFAULT_OUT = "runs/fit"
 DEFAULT_CACHE = "runs/fit-cache"
 DEFAULT_COMPARE = "record-1855,seed-004,seed-003"
 PROBE_SEQS = 32
+# probe forwards cost ~ seqs x seq_len x params: large models probe on fewer sequences (>= 2) so
+# the ~1 probe per tensor stays about as cheap as 32 x 1025 tokens on a 600k-parameter model
+PROBE_WORK = 32 * 1025 * 600_000
 CALIBRATION_TOKENS = 64 * 1024
 CSV_COLUMNS = ("name", "layer", "kind", "params", "bits", "clip", "gptq", "lqer_rank", "prune", "codec", "bytes",
                "bits_per_weight", "share_of_budget", "distortion", "predicted_dloss")
@@ -49,8 +52,10 @@ def register(sub) -> None:
                    help="restrict a tensor to candidates whose label has these '/'-separated fields "
                         "(e.g. tok_emb.weight=int8, or a full label int6/sdclip:12.85/gptq/r0/ans)")
     p.add_argument("--dry-run", action="store_true", help="predicted bytes and loss only: no submission")
-    p.add_argument("--compact", action="store_true", help="ship one self-extracting run.py")
+    add_code_form_flags(p)
     p.add_argument("--cache", default=DEFAULT_CACHE, help=f"measurement cache folder (default: {DEFAULT_CACHE})")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="worker processes measuring tensors (default: the CPU count, at most 8)")
     p.add_argument("--max-tokens", type=int, default=None, help="verify on only the first N val tokens")
     p.add_argument("--compare", default=DEFAULT_COMPARE,
                    help="recipes to compare with ('' to skip); scored on --compare-tokens val tokens")
@@ -59,6 +64,8 @@ def register(sub) -> None:
     p.set_defaults(run=_run_fit, help_parser=p)
     from analysis.ranking import register as register_rank_check
     register_rank_check(sub)  # `golf rank-check`: predicted vs real Δloss over random configurations
+    from artifact.bench_fit import register as register_bench_fit
+    register_bench_fit(sub)  # `golf bench-fit`: the fit's timings on a record-scale checkpoint
 
 
 def parse_pins(items: list[str]) -> dict[str, str]:
@@ -91,12 +98,19 @@ def _probe_loss_fn(model, batches):
     return probe
 
 
-def prepare(checkpoint=None, data=None, cache=DEFAULT_CACHE, grid=None, progress: bool = True):
-    """Load the checkpoint, calibrate (Hessians cached) and measure. Returns a dict with model,
-    cfg, meta, state, hessians, calibration, measurement, data paths and train seq_len."""
+def probe_seqs(n_params: int, seq_len: int) -> int:
+    """Probe sequences for a model of `n_params` at `seq_len` (PROBE_WORK, 2..PROBE_SEQS)."""
+    return max(2, min(PROBE_SEQS, PROBE_WORK // max(1, n_params * (seq_len + 1))))
+
+
+def prepare(checkpoint=None, data=None, cache=DEFAULT_CACHE, grid=None, progress: bool = True,
+            jobs: int | None = 1):
+    """Load the checkpoint, calibrate (Hessians cached) and measure (`jobs` worker processes,
+    None: `measure.default_jobs()`). Returns a dict with model, cfg, meta, state, hessians,
+    calibration, measurement, data paths and train seq_len."""
     from analysis.commands import train_seq_len
     from artifact.calibrate import batches_from_tokens
-    from artifact.measure import Grid, cache_key, measure, state_hash
+    from artifact.measure import cache_key, default_jobs, measure, state_hash
     from artifact.pack import calibrate_for_recipe
     from artifact.recipe import CalibrationConfig, parse_recipe
     from train.bundled import BUNDLED_CHECKPOINT, BUNDLED_DATA
@@ -129,10 +143,11 @@ def prepare(checkpoint=None, data=None, cache=DEFAULT_CACHE, grid=None, progress
             tmp = h_path.with_suffix(".tmp")
             torch.save(hessians, tmp)
             tmp.replace(h_path)
-    probe_batches = batches_from_tokens(tokens, PROBE_SEQS, seq_len + 1, PROBE_SEQS, cal.offset)
-    measurement = measure(state, hessians, grid or Grid(), _probe_loss_fn(model, probe_batches),
-                          calibration={**calibration, "probe": [PROBE_SEQS, seq_len + 1]},
-                          cache_dir=cache_dir, progress=progress)
+    n_probe = probe_seqs(sum(t.numel() for t in state.values()), seq_len)
+    probe_batches = batches_from_tokens(tokens, n_probe, seq_len + 1, n_probe, cal.offset)
+    measurement = measure(state, hessians, grid, _probe_loss_fn(model, probe_batches),
+                          calibration={**calibration, "probe": [n_probe, seq_len + 1]},
+                          cache_dir=cache_dir, progress=progress, jobs=default_jobs() if jobs is None else jobs)
     return {"model": model, "cfg": cfg, "meta": meta, "state": state, "hessians": hessians,
             "calibration": calibration, "measurement": measurement, "data": paths, "seq_len": seq_len}
 
@@ -172,7 +187,7 @@ def tensor_rows(measurement, choices: dict[str, str], budget_bytes: int) -> list
         layer, kind = _layer_kind(name)
         rows.append({"name": name, "layer": layer, "kind": kind,
                      "params": t.params, "bits": c.bits, "clip": c.clip, "gptq": c.gptq, "lqer_rank": c.lqer_rank,
-                     "prune": 0.0, "codec": c.codec, "bytes": fig["bytes"],
+                     "prune": c.prune, "codec": c.codec, "bytes": fig["bytes"],
                      "bits_per_weight": fig["bytes"] * 8 / t.params, "share_of_budget": fig["bytes"] / budget_bytes,
                      "distortion": fig["distortion"], "predicted_dloss": t.predicted_dloss(label)})
     return rows
@@ -192,7 +207,7 @@ def _run_fit(args) -> int:
     sub_dir = out / "submission"
     if not args.dry_run:
         check_out_dir(sub_dir)
-    p = prepare(args.checkpoint, args.data, args.cache)
+    p = prepare(args.checkpoint, args.data, args.cache, jobs=args.jobs)
     cfg, m = p["cfg"], p["measurement"]
     eval_defaults = {"seq_len": p["seq_len"]}
     code = counted_code_bytes(cfg.to_dict(), eval_defaults, ship_modules(), budget, args.compact)
@@ -255,11 +270,13 @@ def _write_reports(out: Path, result: dict, candidates: list[dict]) -> None:
 
 
 def _text(r: dict) -> str:
+    from artifact.measure import Choice
+
     width = max(len(t["name"]) for t in r["tensors"])
-    lines = [f"{'tensor':<{width}}  {'choice':<32} {'params':>8} {'bytes':>8} {'bits/w':>6} {'pred dloss':>10}"]
+    lines = [f"{'tensor':<{width}}  {'choice':<36} {'params':>8} {'bytes':>8} {'bits/w':>6} {'pred dloss':>10}"]
     for t in r["tensors"]:
-        label = f"int{t['bits']}/{t['clip']}/{'gptq' if t['gptq'] else 'rtn'}/r{t['lqer_rank']}/{t['codec']}"
-        lines.append(f"{t['name']:<{width}}  {label:<32} {t['params']:>8,} {t['bytes']:>8,} "
+        label = Choice(t["bits"], t["clip"], t["gptq"], t["lqer_rank"], t["codec"], t["prune"]).label
+        lines.append(f"{t['name']:<{width}}  {label:<36} {t['params']:>8,} {t['bytes']:>8,} "
                      f"{t['bits_per_weight']:>6.3f} {t['predicted_dloss']:>10.5f}")
     ms = r["measure"]
     lines += ["", f"measure      {ms['tensors']} tensors, {ms['measured']} candidates measured, {ms['cached']} "

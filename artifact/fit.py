@@ -6,7 +6,10 @@ candidates' predicted bytes (header, manifest, passthrough tensors, and whatever
 and LQER streams gain or lose against their parts predicted alone). It is first taken from a
 reference blob (every quantizable tensor at its cheapest candidate), then from each real blob.
 The solver gets budget − code − residual; its choice is written as a `Recipe` (one rule per
-tensor, LQER by name) and packed by `pack.pack_state_dict`, and the real blob is measured. If it
+tensor with its bits, clip, GPTQ, prune fraction and codec; each tensor's own LQER rank in an
+`[lqer] ranks` table) and packed as `pack.pack_state_dict` packs it — tensor by tensor, each
+(tensor, label) packed once per fit, so repair rounds redo only what changed — and the real blob
+is measured. If it
 is over the budget, the solver runs again with the overshoot taken off; if it left slack, with the
 real residual. Bounded; the best real fit wins, and a final total above the budget is never
 returned. `dry_run` stops after the first solve (predicted bytes and loss only).
@@ -16,12 +19,13 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from dataclasses import dataclass, field
 
 from artifact.budget import Budget, _matches
 from artifact.container import build_blob
 from artifact.errors import ArtifactError, ConfigError
-from artifact.measure import Choice, Measurement, pin_matches
+from artifact.measure import Choice, Measurement, _read_json, _write_json, cache_key, pin_matches
 from artifact.pack import PackResult, pack_state_dict
 from artifact.recipe import CalibrationConfig, Recipe, parse_recipe
 from artifact.solve import Solution, solve
@@ -61,21 +65,21 @@ def counted_code_bytes(model_config: dict, eval_defaults: dict, ship_modules, bu
 def recipe_data(choices: dict[str, str], calibration: dict | None = None, lqer_codec: str = "ans",
                 scales_codec: str = "deinterleave2+brotli-11", name: str = "fit") -> dict:
     """Recipe data (the TOML layout) with one rule per chosen tensor (label → bits, clip, GPTQ,
-    codec) and LQER on the tensors whose label asks for a rank; other tensors fall to the
-    baseline default."""
-    rules, ranked = [], {}
+    prune fraction, codec) and, for the tensors whose label asks for a rank, a per-tensor
+    `[lqer] ranks` table; other tensors fall to the baseline default."""
+    rules, ranks = [], {}
     for tensor, label in choices.items():
         c = Choice.parse(label)
-        rules.append({"match": [tensor], "bits": c.bits, "clip": c.clip, "gptq": c.gptq, "codec": c.codec})
+        rule = {"match": [tensor], "bits": c.bits, "clip": c.clip, "gptq": c.gptq}
+        if c.prune:
+            rule["prune"] = c.prune
+        rules.append({**rule, "codec": c.codec})
         if c.lqer_rank:
-            ranked.setdefault(c.lqer_rank, []).append(tensor)
-    if len(ranked) > 1:
-        raise ConfigError(f"fit: one LQER rank per artifact is supported, got ranks {sorted(ranked)}")
+            ranks[tensor] = c.lqer_rank
     data = {"name": name, "description": "chosen per tensor by golf fit", "codec": "ans",
             "scales_codec": scales_codec, "rules": rules}
-    if ranked:
-        rank, names = next(iter(ranked.items()))
-        data["lqer"] = {"rank": rank, "names": names, "factors": "record", "scaling": "none", "codec": lqer_codec}
+    if ranks:
+        data["lqer"] = {"factors": "record", "scaling": "none", "codec": lqer_codec, "ranks": ranks}
     if calibration:
         data["calibration"] = {k: v for k, v in calibration.items() if k in _CALIBRATION_KEYS}
     return data
@@ -106,8 +110,19 @@ def recipe_toml(data: dict) -> str:
         lines += ["", "[[rules]]"] + [f"{k} = {_toml_value(v)}" for k, v in rule.items()]
     for table in ("lqer", "calibration"):
         if table in data:
-            lines += ["", f"[{table}]"] + [f"{k} = {_toml_value(v)}" for k, v in data[table].items()]
+            lines += _toml_table(table, data[table])
     return "\n".join(lines) + "\n"
+
+
+def _toml_table(header: str, table: dict) -> list[str]:
+    """A table and, after its plain keys, its sub-tables ([lqer.ranks]); keys are quoted when
+    they are not bare TOML keys (tensor names hold dots)."""
+    key = lambda k: k if k.replace("_", "").replace("-", "").isalnum() else json.dumps(k)
+    lines = ["", f"[{header}]"] + [f"{key(k)} = {_toml_value(v)}" for k, v in table.items() if not isinstance(v, dict)]
+    for k, v in table.items():
+        if isinstance(v, dict):
+            lines += _toml_table(f"{header}.{key(k)}", v)
+    return lines
 
 
 def _pin_predicates(pins: dict[str, str] | None, measurement: Measurement) -> dict:
@@ -120,22 +135,62 @@ def _pin_predicates(pins: dict[str, str] | None, measurement: Measurement) -> di
     return out
 
 
+class _Packer:
+    """Packs a choice tensor by tensor, remembering each (tensor, label), so the reference pack
+    and the repair rounds re-quantize only tensors whose choice changed. The entries are those of
+    one `pack_state_dict` of the whole recipe: pack treats every tensor alone when LQER targets
+    are named per tensor and there is no ±1 pruning, as in a fit's recipe."""
+
+    def __init__(self, state_dict, measurement: Measurement, hessians, calibration):
+        self.state, self.measurement, self.hessians, self.calibration = state_dict, measurement, hessians, calibration
+        self.done: dict[tuple[str, str | None], tuple] = {}
+
+    def _recipe(self, choices: dict[str, str]) -> Recipe:
+        g = self.measurement.grid
+        return build_recipe(choices, self.calibration, g.lqer_codec, g.scales_codec)
+
+    def _one(self, name: str, label: str | None) -> tuple:
+        if (name, label) not in self.done:
+            r = pack_state_dict({name: self.state[name]}, self._recipe({name: label} if label else {}),
+                                self.hessians, predict_sizes=False)
+            self.done[(name, label)] = (r.entries[0], r.rows[0], r.dequantized[name], bool(r.lqer_targets))
+        return self.done[(name, label)]
+
+    def pack(self, choices: dict[str, str]) -> tuple[PackResult, bytes, Recipe]:
+        recipe = self._recipe(choices)
+        recipe.plan(self.state)  # the whole recipe's checks, once
+        parts = {n: self._one(n, choices.get(n)) for n in self.state}
+        packed = PackResult([p[0] for p in parts.values()], [p[1] for p in parts.values()],
+                            {n: p[2] for n, p in parts.items()}, recipe.name, [n for n, p in parts.items() if p[3]])
+        return packed, build_blob(packed.entries), recipe
+
+
 def _pack(state_dict, measurement, choices, hessians, calibration) -> tuple[PackResult, bytes, Recipe]:
-    recipe = build_recipe(choices, calibration, measurement.grid.lqer_codec, measurement.grid.scales_codec)
-    packed = pack_state_dict(state_dict, recipe, hessians, predict_sizes=False)
-    return packed, build_blob(packed.entries), recipe
+    return _Packer(state_dict, measurement, hessians, calibration).pack(choices)
 
 
 def _chosen_bytes(measurement: Measurement, choices: dict[str, str]) -> int:
     return sum(measurement.tensors[n].candidates[l]["bytes"] for n, l in choices.items())
 
 
-def reference_residual(state_dict, measurement: Measurement, hessians, calibration=None) -> int:
+def reference_residual(state_dict, measurement: Measurement, hessians, calibration=None, packer=None) -> int:
     """Real blob − Σ predicted bytes with every quantizable tensor at its cheapest candidate."""
     cheapest = {n: min(t.candidates, key=lambda l: (t.candidates[l]["bytes"], l))
                 for n, t in measurement.tensors.items()}
-    _, blob, _ = _pack(state_dict, measurement, cheapest, hessians, calibration)
-    return len(blob) - _chosen_bytes(measurement, cheapest)
+    g = measurement.grid
+    path = None
+    if measurement.cache_dir is not None:  # a second fit from the same measurement skips this pack
+        key = cache_key(measurement.checkpoint_hash, calibration, cheapest, g.scales_codec, g.lqer_codec)
+        path = Path(measurement.cache_dir) / f"residual-{key}.json"
+        stored = _read_json(path)
+        if stored and isinstance(stored.get("residual"), int):
+            return stored["residual"]
+    packer = packer or _Packer(state_dict, measurement, hessians, calibration)
+    _, blob, _ = packer.pack(cheapest)
+    residual = len(blob) - _chosen_bytes(measurement, cheapest)
+    if path is not None:
+        _write_json(path, {"residual": residual})
+    return residual
 
 
 def fit(state_dict, measurement: Measurement, budget: Budget, code_bytes: int, hessians,
@@ -145,7 +200,8 @@ def fit(state_dict, measurement: Measurement, budget: Budget, code_bytes: int, h
     (unless `dry_run`) pack it, repairing the choice until the real blob fits."""
     names, cands = measurement.solver_input()
     pin_of = _pin_predicates(pins, measurement)
-    residual = reference_residual(state_dict, measurement, hessians, calibration)
+    packer = _Packer(state_dict, measurement, hessians, calibration)
+    residual = reference_residual(state_dict, measurement, hessians, calibration, packer)
     best: FitResult | None = None
     rounds: list[dict] = []
     tried: dict[tuple, tuple] = {}
@@ -157,7 +213,7 @@ def fit(state_dict, measurement: Measurement, budget: Budget, code_bytes: int, h
             recipe = build_recipe(choices, calibration, measurement.grid.lqer_codec, measurement.grid.scales_codec)
             return FitResult(choices, sol, recipe, code_bytes, predicted, sol.total_loss, rounds=rounds)
         if sol.labels not in tried:
-            tried[sol.labels] = _pack(state_dict, measurement, choices, hessians, calibration)
+            tried[sol.labels] = packer.pack(choices)
         packed, blob, recipe = tried[sol.labels]
         real = len(blob) + code_bytes
         real_residual = len(blob) - _chosen_bytes(measurement, choices)

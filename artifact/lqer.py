@@ -57,11 +57,20 @@ def lqer(w: Tensor, w_hat: Tensor, rank: int, spec_a: QuantSpec = RECORD_FACTORS
     H + 1% damping = L L^T (best for the full trace(E H E^T)), B = V_r^T L^-1. `refit_b`
     re-solves B = argmin ||E - A_hat B|| after A is quantized (any metric gives the same
     B = pinv(A_hat) E), which the records do not do. B's group size must divide cols."""
+    return lqer_ranks(w, w_hat, [rank], spec_a, spec_b, hessian, scaling, refit_b, name)[rank]
+
+
+def lqer_ranks(w: Tensor, w_hat: Tensor, ranks, spec_a: QuantSpec = RECORD_FACTORS[0],
+               spec_b: QuantSpec = RECORD_FACTORS[1], hessian: Tensor | None = None,
+               scaling: str = "none", refit_b: bool = False, name: str = "") -> dict[int, LowRank]:
+    """{rank: `lqer(..., rank, ...)`} for several ranks from one SVD (each result is identical
+    to its own `lqer` call: the factors of rank r are the SVD's first r directions)."""
     label = name or "tensor"
     if w.ndim != 2 or w.shape != w_hat.shape:
         raise ConfigError(f"{label}: LQER needs matching 2-D weights, got {tuple(w.shape)} and {tuple(w_hat.shape)}")
-    if not 1 <= rank <= min(w.shape):
-        raise ConfigError(f"{label}: LQER rank {rank} must be in 1..{min(w.shape)}")
+    for rank in ranks:
+        if not 1 <= rank <= min(w.shape):
+            raise ConfigError(f"{label}: LQER rank {rank} must be in 1..{min(w.shape)}")
     if scaling not in SCALINGS:
         raise ConfigError(f"{label}: LQER scaling {scaling!r} must be one of {', '.join(SCALINGS)}")
     if scaling != "none" and hessian is None:
@@ -69,23 +78,27 @@ def lqer(w: Tensor, w_hat: Tensor, rank: int, spec_a: QuantSpec = RECORD_FACTORS
     e = w.double() - w_hat.double()
     if scaling == "none":
         u, s, vh = torch.linalg.svd(e, full_matrices=False)
-        b = vh[:rank]
+        unscale = None
     elif scaling == "diag":
         diag = hessian.double().diagonal()
         # dead inputs (H_jj = 0) get a tiny weight instead of a division by zero
         d = diag.clamp_min(1e-8 * float(diag.mean().clamp_min(1e-30))).sqrt()
         u, s, vh = torch.linalg.svd(e * d[None, :], full_matrices=False)
-        b = vh[:rank] / d[None, :]
+        unscale = lambda v: v / d[None, :]
     else:
         chol = _damped_cholesky(hessian.double(), label)
         u, s, vh = torch.linalg.svd(e @ chol, full_matrices=False)
-        b = torch.linalg.solve_triangular(chol.T, vh[:rank].T, upper=True).T  # V_r^T L^-1
-    a = u[:, :rank] * s[:rank][None, :]
-    qa = quantize_tensor(a.float().contiguous(), spec_a, name=f"{label} LQER A")
-    if refit_b:
-        b = torch.linalg.lstsq(qa.dequantize().double(), e, driver="gelsd").solution
-    qb = quantize_tensor(b.float().contiguous(), spec_b, name=f"{label} LQER B")
-    return LowRank(qa, qb, rank, scaling)
+        unscale = lambda v: torch.linalg.solve_triangular(chol.T, v.T, upper=True).T  # V_r^T L^-1
+    out = {}
+    for rank in ranks:
+        b = vh[:rank] if unscale is None else unscale(vh[:rank])
+        a = u[:, :rank] * s[:rank][None, :]
+        qa = quantize_tensor(a.float().contiguous(), spec_a, name=f"{label} LQER A")
+        if refit_b:
+            b = torch.linalg.lstsq(qa.dequantize().double(), e, driver="gelsd").solution
+        qb = quantize_tensor(b.float().contiguous(), spec_b, name=f"{label} LQER B")
+        out[rank] = LowRank(qa, qb, rank, scaling)
+    return out
 
 
 def _damped_cholesky(h: Tensor, label: str) -> Tensor:

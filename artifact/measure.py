@@ -2,30 +2,55 @@
 
 For each quantizable tensor (2-D float, at least `Grid.min_numel` elements; smaller tensors keep
 the recipe default's passthrough and are a fixed cost) and each `Choice` of the grid (bits x clip
-rule x GPTQ on/off x LQER rank x codec) this module records:
+rule x GPTQ on/off x magnitude-pruning fraction x LQER rank x codec) this module records:
 - bytes: the tensor's codes under its codec (`codec.predict_size`, exact for ans, exact for the
-  general compressors below 512 KB), plus its scales and LQER factors each predicted alone (in the
-  blob they share streams with other tensors, so these parts are close, not exact; the fit
-  measures the difference on the real blob);
+  general compressors below 512 KB, sampled above), plus its scales and LQER factors each
+  predicted alone (in the blob they share streams with other tensors, so these parts are close,
+  not exact; the fit measures the difference on the real blob);
 - distortion: the Hessian-weighted error trace((W - W_hat) H (W - W_hat)^T) of the weights the
-  decoder will produce (quantization runs through `artifact.pack`'s own code path).
+  decoder will produce, against the unpruned weights (pruning, clipping, GPTQ and LQER all run
+  through `artifact.pack`'s own code path).
 A per-tensor sensitivity turns distortion into a predicted loss increase: quantize only that
 tensor at one coarse probe configuration, measure the real loss increase on calibration tokens
 (`probe_loss`), divide by the probe's distortion.
 
-Results are cached as one JSON file per tensor, keyed by a content hash of the whole state dict,
-the calibration settings and the probe; inside, candidates are keyed by label, so a second fit
-(another budget, or a wider grid) only measures what is missing. Progress goes to stderr.
+Coarse to fine. LQER ranks > 0 are measured only where they can pay off (`Grid.lqer_on_hull`):
+first every rank-0 candidate, then the ranks only on the bases (bits, clip, GPTQ, prune) whose
+rank-0 point lies on the tensor's lower convex hull in (bytes, distortion) — the only bases a
+budget can ever pick at rank 0; a rank is then kept by the solver only if its factor bytes buy
+more loss than spending them on the next hull point. One SVD serves every rank of a base.
+
+Grid profiles, picked by size (`default_grid`): checkpoints up to `LARGE_PARAMS` quantizable
+parameters get `Grid()` (everything: 7 bits x 4 clips x GPTQ on/off x 2 prunes x 2 codecs at
+rank 0, ranks 2/4/8 on the hull). Record-scale checkpoints (36 M parameters: one GPTQ pass of
+the whole model ~10 s of one core, brotli-11 ~1-5 MB/s) get `LARGE_GRID`: sizes by the exact
+ANS model only (for near-i.i.d. per-row codes order-0 ANS is within ~2% of brotli-11 and 40x
+cheaper; small tensors are few bytes either way), two sdclip clips (`search:row` costs ~5x an
+sdclip quantization), GPTQ only at 4-7 bits (the bits a 16 MB budget lands on for ~30 M
+weights) with the records' GPTQ clip, and the same hull-only LQER ranks.
+
+Parallel and resumable: tensors are measured independently (`jobs` worker processes, each with
+one torch thread; `jobs=1` measures in-process, also with one thread, so the figures are
+bit-identical whatever `jobs` is). Results are cached as one JSON file per tensor, keyed by a
+content hash of the whole state dict, the calibration settings and the probe, each written
+atomically as soon as its tensor is done: an interrupted run (Ctrl-C) leaves only whole files
+and a rerun measures only what is missing. Inside a file candidates are keyed by label, so a
+second fit (another budget, or a wider grid) only measures what is missing. Progress goes to
+stderr.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import multiprocessing
 import os
+import signal
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -36,68 +61,110 @@ from torch import Tensor
 
 from artifact import codec as codecs
 from artifact.errors import ConfigError
-from artifact.lqer import RECORD_FACTORS, lqer
-from artifact.quant import weighted_error
+from artifact.lqer import RECORD_FACTORS, lqer_ranks
 
-MEASURE_VERSION = 1
+MEASURE_VERSION = 2
 DEFAULT_SCALES_CODEC = "deinterleave2+brotli-11"
 DEFAULT_LQER_CODEC = "ans"
 # A sensitivity below this fraction of the median is floored: a probe whose loss change is lost
 # in noise must not make a tensor look free to crush.
 SENSITIVITY_FLOOR = 0.05
+# Above this many quantizable parameters `default_grid` switches to LARGE_GRID.
+LARGE_PARAMS = 4_000_000
+
+
+def _prune_field(fraction: float) -> str:
+    return f"p{fraction:g}"
 
 
 @dataclass(frozen=True)
 class Choice:
-    """One candidate configuration of one tensor; `label` is its stable text form."""
+    """One candidate configuration of one tensor; `label` is its stable text form,
+    e.g. `int5/sdclip:8/gptq/r0/p0.03/ans` (bits/clip/method/LQER rank/prune fraction/codec)."""
 
     bits: int
     clip: str
     gptq: bool
     lqer_rank: int
     codec: str
+    prune: float = 0.0
 
     @property
     def label(self) -> str:
-        return f"int{self.bits}/{self.clip}/{'gptq' if self.gptq else 'rtn'}/r{self.lqer_rank}/{self.codec}"
+        return (f"int{self.bits}/{self.clip}/{'gptq' if self.gptq else 'rtn'}/r{self.lqer_rank}/"
+                f"{_prune_field(self.prune)}/{self.codec}")
+
+    @property
+    def base(self) -> tuple:
+        """What the quantized codes depend on (LQER and the codec come after)."""
+        return (self.bits, self.clip, self.gptq, self.prune)
 
     @classmethod
     def parse(cls, label: str) -> "Choice":
         try:
-            bits, clip, method, rank, codec = label.split("/")
-            if not bits.startswith("int") or method not in ("gptq", "rtn") or not rank.startswith("r"):
+            bits, clip, method, rank, prune, codec = label.split("/")
+            c = cls(int(bits[3:]), clip, method == "gptq", int(rank[1:]), codec, float(prune[1:]))
+            if (c.label != label or not 2 <= c.bits <= 8 or c.lqer_rank < 0 or not 0 <= c.prune < 1
+                    or not clip or not codec):
                 raise ValueError
-            return cls(int(bits[3:]), clip, method == "gptq", int(rank[1:]), codec)
-        except ValueError:
-            raise ConfigError(f"bad candidate label {label!r} (expected intB/CLIP/gptq|rtn/rR/CODEC)") from None
+            return c
+        except (ValueError, AttributeError):
+            raise ConfigError(f"bad candidate label {label!r} (expected intB/CLIP/gptq|rtn/rR/pF/CODEC, "
+                              "e.g. int5/sdclip:8/gptq/r0/p0.03/ans)") from None
 
 
 def pin_matches(pin: str, label: str) -> bool:
-    """A pin is a full label or any '/'-separated subset of its fields ("int8", "int6/gptq")."""
+    """A pin is a full label or any '/'-separated subset of its fields ("int8", "int6/gptq", "p0")."""
     fields = label.split("/")
     return all(part in fields for part in pin.split("/") if part)
 
 
 @dataclass(frozen=True)
 class Grid:
-    """The candidate grid and the fixed settings every candidate shares."""
+    """The candidate grid and the fixed settings every candidate shares.
+
+    The candidates are the product bits x clips x gptq x prunes x lqer_ranks x codecs, less
+    GPTQ outside `gptq_bits` / `gptq_clips` (None: everywhere) and LQER ranks that do not fit a
+    shape; with `lqer_on_hull` ranks > 0 are measured only on the rank-0 hull's bases."""
 
     bits: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
     clips: tuple[str, ...] = ("sdclip:4", "sdclip:8", "sdclip:12.85", "search:row")
     gptq: tuple[bool, ...] = (False, True)
-    lqer_ranks: tuple[int, ...] = (0, 4)
+    prunes: tuple[float, ...] = (0.0, 0.03)
+    lqer_ranks: tuple[int, ...] = (0, 2, 4, 8)
     codecs: tuple[str, ...] = ("ans", "brotli-11")
+    gptq_bits: tuple[int, ...] | None = None
+    gptq_clips: tuple[str, ...] | None = None
+    lqer_on_hull: bool = True
     scales_codec: str = DEFAULT_SCALES_CODEC
     lqer_codec: str = DEFAULT_LQER_CODEC
     min_numel: int = 4096
-    probe: str = "int4/sdclip:8/rtn/r0/ans"  # the coarse config whose real loss change sets sens
+    probe: str = "int4/sdclip:8/rtn/r0/p0/ans"  # the coarse config whose real loss change sets sens
+
+    def __post_init__(self):
+        if 0 not in self.lqer_ranks:
+            raise ConfigError(f"grid: lqer_ranks {self.lqer_ranks} must include 0 (no correction)")
+        for c in self.choices()[:1] + [Choice.parse(self.probe)]:
+            Choice.parse(c.label)  # every field in its canonical form
 
     def choices(self) -> list[Choice]:
-        return [Choice(b, c, g, r, k) for b in self.bits for c in self.clips for g in self.gptq
-                for r in self.lqer_ranks for k in self.codecs]
+        return [Choice(b, c, g, r, k, p) for b in self.bits for c in self.clips for g in self.gptq
+                for p in self.prunes for r in self.lqer_ranks for k in self.codecs
+                if not g or ((self.gptq_bits is None or b in self.gptq_bits)
+                             and (self.gptq_clips is None or c in self.gptq_clips))]
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+LARGE_GRID = Grid(clips=("sdclip:8", "sdclip:12.85"), codecs=("ans",), gptq_bits=(4, 5, 6, 7),
+                  gptq_clips=("sdclip:12.85",))
+
+
+def default_grid(state_dict: dict[str, Tensor], min_numel: int = Grid.min_numel) -> Grid:
+    """`Grid()` for small checkpoints, `LARGE_GRID` above LARGE_PARAMS quantizable parameters."""
+    params = sum(t.numel() for n, t in state_dict.items() if quantizable(n, t, min_numel))
+    return LARGE_GRID if params > LARGE_PARAMS else Grid()
 
 
 @dataclass
@@ -127,6 +194,7 @@ class Measurement:
     grid: Grid
     checkpoint_hash: str
     stats: dict = field(default_factory=dict)
+    cache_dir: Path | None = None  # where it was cached (the fit keeps its reference residual there)
 
     def solver_input(self, labels: list[str] | None = None) -> tuple[list[str], list[list[tuple]]]:
         """(names, per tensor [(bytes, predicted Δloss, label)]) for `solve.solve`."""
@@ -163,9 +231,13 @@ def _read_json(path: Path) -> dict | None:
 def _write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, sort_keys=True)
-    os.replace(tmp, path)  # atomic: an interrupted fit leaves whole files only
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, sort_keys=True)
+        os.replace(tmp, path)  # atomic: an interrupted fit leaves whole files only
+    except BaseException:  # Ctrl-C mid-write included: no torn or stray files
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 # ----------------------------------------------------------------------------- one candidate
@@ -175,24 +247,34 @@ def quantizable(name: str, t: Tensor, min_numel: int) -> bool:
     return t.ndim == 2 and t.is_floating_point() and t.numel() >= min_numel
 
 
-def _quantize(name: str, w: Tensor, bits: int, clip: str, gptq: bool, hessian: Tensor | None):
+@contextmanager
+def _one_thread():
+    """Measure with one torch thread: figures then never depend on the thread count (or `jobs`)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _quantize(name: str, w: Tensor, bits: int, clip: str, gptq: bool, hessian: Tensor | None, prune: float = 0.0):
     """Codes as `pack_state_dict` makes them for this choice (its own code path)."""
     from artifact.pack import _quantize as pack_quantize
     from artifact.recipe import parse_recipe
 
-    rule = {"match": [name], "bits": bits, "clip": clip, "gptq": gptq}
+    rule = {"match": [name], "bits": bits, "clip": clip, "gptq": gptq, "prune": prune}
     plan = parse_recipe({"name": "measure", "rules": [rule]}).plan({name: w})[name]
     return pack_quantize(name, w, plan, {name: hessian} if hessian is not None else None, "measure")
 
 
-def _lqer_parts(w: Tensor, w_hat: Tensor, rank: int, grid: Grid) -> tuple[Tensor, int]:
-    """LQER-corrected weights (as `pack._apply_lqer` builds them) and the factors' bytes."""
-    low = lqer(w.float(), w_hat, rank, RECORD_FACTORS[0], RECORD_FACTORS[1], scaling="none", refit_b=False)
-    nbytes = 0
-    for f in (low.a, low.b):
-        nbytes += codecs.predict_size(grid.lqer_codec, f.codes.numpy())
-        nbytes += codecs.predict_size(grid.scales_codec, np.asarray(f.scales.numpy()).reshape(-1))
-    return w_hat + low.dequantize(), nbytes
+def distortion(w: Tensor, w_hat: Tensor, h32: Tensor | None) -> float:
+    """trace((W - W_hat) H (W - W_hat)^T) (`quant.weighted_error`) with the product E H in
+    float32 and the sum in float64: ~4x faster on record-scale matrices, within ~1e-6 relative."""
+    e = w.float() - w_hat.float()
+    if h32 is None:
+        return float(e.double().square().sum())
+    return float(((e @ h32).double() * e.double()).sum())
 
 
 def lqer_fits(shape: tuple[int, ...], rank: int) -> bool:
@@ -201,100 +283,217 @@ def lqer_fits(shape: tuple[int, ...], rank: int) -> bool:
     return rank <= min(shape) and (gb is None or shape[1] % gb == 0)
 
 
+def _lqer_figures(w: Tensor, w_hat: Tensor, ranks: list[int], h32, grid: Grid) -> dict[int, tuple[float, int]]:
+    """{rank: (distortion, factor bytes)} of the LQER-corrected weights, as `pack._apply_lqer`
+    builds them (record factors, no scaling), all ranks from one SVD."""
+    out = {}
+    for rank, low in lqer_ranks(w, w_hat, ranks, RECORD_FACTORS[0], RECORD_FACTORS[1], scaling="none").items():
+        nbytes = 0
+        for f in (low.a, low.b):
+            nbytes += codecs.predict_size(grid.lqer_codec, f.codes.numpy())
+            nbytes += codecs.predict_size(grid.scales_codec, np.asarray(f.scales.numpy()).reshape(-1))
+        out[rank] = (distortion(w, w_hat + low.dequantize(), h32), nbytes)
+    return out
+
+
 def measure_tensor(name: str, w: Tensor, hessian: Tensor | None, grid: Grid,
                    labels: list[str]) -> dict[str, dict]:
-    """{label: figures} for the given candidate labels of one tensor."""
+    """{label: figures} for the given candidate labels of one tensor (labels whose LQER rank the
+    shape cannot take are left out)."""
     w = w.detach().float()
+    h32 = hessian.float() if hessian is not None else None
     out: dict[str, dict] = {}
     wanted = [Choice.parse(l) for l in labels]
-    bases = sorted({(c.bits, c.clip, c.gptq) for c in wanted})
-    for bits, clip, gptq in bases:
-        q = _quantize(name, w, bits, clip, gptq, hessian)
+    for base in sorted({c.base for c in wanted}):
+        mine = [c for c in wanted if c.base == base]
+        q = _quantize(name, w, *base[:3], hessian, base[3])
         w_hat = q.dequantize().float()
         scale_bytes = codecs.predict_size(grid.scales_codec, np.asarray(q.scales.numpy()).reshape(-1))
-        code_bytes = {k: codecs.predict_size(k, q.codes.numpy())
-                      for k in sorted({c.codec for c in wanted if (c.bits, c.clip, c.gptq) == (bits, clip, gptq)})}
-        for c in wanted:
-            if (c.bits, c.clip, c.gptq) != (bits, clip, gptq):
+        code_bytes = {k: codecs.predict_size(k, q.codes.numpy()) for k in sorted({c.codec for c in mine})}
+        ranks = sorted({c.lqer_rank for c in mine if c.lqer_rank and lqer_fits(tuple(w.shape), c.lqer_rank)})
+        fixes = _lqer_figures(w, w_hat, ranks, h32, grid) if ranks else {}
+        if any(c.lqer_rank == 0 for c in mine):
+            fixes[0] = (distortion(w, w_hat, h32), 0)
+        for c in mine:
+            if c.lqer_rank not in fixes:
                 continue
-            if c.lqer_rank and not lqer_fits(tuple(w.shape), c.lqer_rank):
-                continue
-            if c.lqer_rank:
-                w_fix, lqer_bytes = _lqer_parts(w, w_hat, c.lqer_rank, grid)
-            else:
-                w_fix, lqer_bytes = w_hat, 0
+            dist, lqer_bytes = fixes[c.lqer_rank]
             out[c.label] = {"bytes": int(code_bytes[c.codec] + scale_bytes + lqer_bytes),
                             "code_bytes": int(code_bytes[c.codec]), "scale_bytes": int(scale_bytes),
-                            "lqer_bytes": int(lqer_bytes), "distortion": weighted_error(w, w_fix, hessian)}
+                            "lqer_bytes": int(lqer_bytes), "distortion": dist}
     return out
+
+
+# ----------------------------------------------------------------------------- coarse to fine
+
+def hull_bases(cands: dict[str, dict]) -> list[tuple]:
+    """Bases whose rank-0 candidate (cheapest codec) is on the lower convex hull of
+    (bytes, distortion) over the tensor's rank-0 candidates, smallest first."""
+    best: dict[tuple, tuple[int, float]] = {}
+    for label, fig in cands.items():
+        c = Choice.parse(label)
+        if c.lqer_rank == 0 and (c.base not in best or fig["bytes"] < best[c.base][0]):
+            best[c.base] = (fig["bytes"], fig["distortion"])
+    pts = sorted((b, d, base) for base, (b, d) in best.items())
+    front, low = [], math.inf
+    for b, d, base in pts:
+        if d < low:
+            front.append((b, d, base))
+            low = d
+    hull: list[tuple] = []
+    for p in front:
+        while len(hull) >= 2:
+            (b0, d0, _), (b1, d1, _) = hull[-2], hull[-1]
+            if (b1 - b0) * (p[1] - d0) - (d1 - d0) * (p[0] - b0) > 0:
+                break
+            hull.pop()
+        hull.append(p)
+    return [base for _, _, base in hull]
+
+
+def wanted_labels(grid: Grid, cands: dict[str, dict]) -> tuple[list[str], bool]:
+    """(labels this tensor should have given what is measured so far, final). Not final while
+    rank-0 candidates are missing: the hull then decides which LQER ranks come next."""
+    every = grid.choices()
+    if not grid.lqer_on_hull:
+        return [c.label for c in every], True
+    rank0 = [c.label for c in every if c.lqer_rank == 0]
+    if any(l not in cands for l in rank0):
+        return rank0, False
+    on_hull = set(hull_bases({l: cands[l] for l in rank0}))
+    return [c.label for c in every if c.lqer_rank == 0 or c.base in on_hull], True
+
+
+def _missing(grid: Grid, cands: dict, skipped: set) -> tuple[list[str], bool]:
+    labels, final = wanted_labels(grid, cands)
+    return [l for l in labels if l not in cands and l not in skipped], final
+
+
+# ----------------------------------------------------------------------------- one tensor's job
+
+def _probe_figures(name: str, w: Tensor, hessian, grid: Grid) -> dict:
+    c = Choice.parse(grid.probe)
+    w_hat = _quantize(name, w.detach().float(), c.bits, c.clip, c.gptq, hessian, c.prune).dequantize()
+    h32 = hessian.float() if hessian is not None else None
+    return {"w_hat": w_hat.to(w.dtype), "distortion": distortion(w, w_hat, h32)}
+
+
+def _tensor_job(job: tuple) -> tuple:
+    """Measure what one tensor is missing (both coarse-to-fine stages) and, if asked, its probe
+    configuration. Runs in a worker process or in-process, always on one torch thread."""
+    name, w, h, grid, cands, skipped, need_probe = job
+    cands, skipped, count = dict(cands), set(skipped), 0
+    with _one_thread():
+        while True:
+            missing, final = _missing(grid, cands, skipped)
+            if missing:
+                cands.update(measure_tensor(name, w, h, grid, missing))
+                skipped |= {l for l in missing if l not in cands}  # e.g. ranks the shape cannot take
+                count += len(missing)
+            if final:
+                break
+        probe = _probe_figures(name, w, h, grid) if need_probe else None
+    return name, cands, sorted(skipped), count, probe
+
+
+def _worker_init() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    torch.set_num_threads(1)
+
+
+def default_jobs() -> int:
+    """Worker processes for `measure`: the CPU count, capped at 8 (memory: each holds a tensor
+    and its Hessian at a time, plus a torch runtime)."""
+    return max(1, min(8, os.cpu_count() or 1))
 
 
 # ----------------------------------------------------------------------------- the whole model
 
-def _probe_sensitivity(name: str, w: Tensor, hessian, grid: Grid, probe_loss, base_loss: float) -> dict:
-    figures = measure_tensor(name, w, hessian, grid, [grid.probe])[grid.probe]
-    c = Choice.parse(grid.probe)
-    w_hat = _quantize(name, w.detach().float(), c.bits, c.clip, c.gptq, hessian).dequantize()
-    loss = probe_loss({name: w_hat.to(w.dtype)})
-    dloss = loss - base_loss
-    raw = dloss / figures["distortion"] if figures["distortion"] > 0 else 0.0
-    return {"label": grid.probe, "loss": loss, "base_loss": base_loss, "dloss": dloss,
-            "distortion": figures["distortion"], "raw_sensitivity": raw}
-
-
-def measure(state_dict: dict[str, Tensor], hessians: dict[str, Tensor], grid: Grid = Grid(),
+def measure(state_dict: dict[str, Tensor], hessians: dict[str, Tensor], grid: Grid | None = None,
             probe_loss: Callable[[dict[str, Tensor]], float] | None = None, calibration: dict | None = None,
-            cache_dir: str | Path | None = None, progress: bool = True) -> Measurement:
-    """Measure every quantizable tensor of `state_dict` over `grid`.
+            cache_dir: str | Path | None = None, progress: bool = True, jobs: int = 1) -> Measurement:
+    """Measure every quantizable tensor of `state_dict` over `grid` (None: `default_grid`).
 
     hessians: {weight name: X^T X} (the tied embedding under its own name); probe_loss(replaced)
     → the model's mean loss on calibration tokens with the `replaced` tensors swapped in ({} =
     the original); None skips the probes (sensitivity 1: distortion alone ranks). calibration:
-    the calibration settings (they are part of the cache key)."""
+    the calibration settings (they are part of the cache key). jobs: worker processes (1: in
+    this process); the figures and cache files are identical for any value."""
     t0 = time.perf_counter()
+    grid = grid or default_grid(state_dict)
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"measure: jobs must be a whole number >= 1, got {jobs!r}")
     ckpt = state_hash(state_dict)
     names = [n for n, t in state_dict.items() if quantizable(n, t, grid.min_numel)]
     if not names:
         raise ConfigError(f"no quantizable tensors (2-D, >= {grid.min_numel} elements) in the checkpoint")
-    labels = [c.label for c in grid.choices()]
     cache = Path(cache_dir) if cache_dir else None
-    base_loss = None
-    tensors: dict[str, TensorMeasure] = {}
-    measured = cached = 0
-    for i, name in enumerate(names):
-        w, h = state_dict[name], hessians.get(name)
+    stored, jobs_todo = {}, []
+    for name in names:
         key = cache_key(ckpt, calibration, name, grid.scales_codec, grid.lqer_codec)
         path = cache / f"{key}.json" if cache else None
-        stored = (_read_json(path) if path else None) or {}
-        cands = dict(stored.get("candidates", {}))
-        skipped = set(stored.get("skipped", []))
-        missing = [l for l in labels if l not in cands and l not in skipped]
-        if missing:
-            cands.update(measure_tensor(name, w, h, grid, missing))
-            skipped |= {l for l in missing if l not in cands}  # e.g. LQER ranks the shape cannot take
-        probes, dirty = dict(stored.get("probes", {})), False
-        if probe_loss is None:
-            probe = {"label": None, "raw_sensitivity": 1.0}
-        elif grid.probe in probes:
-            probe = probes[grid.probe]
-        else:
-            if base_loss is None:
-                base_loss = probe_loss({})
-            probe = probes[grid.probe] = _probe_sensitivity(name, w, h, grid, probe_loss, base_loss)
-            dirty = True
-        measured += len(missing)
-        cached += len(labels) - len(missing)
-        if path and (missing or dirty):
-            _write_json(path, {"name": name, "shape": list(w.shape), "candidates": cands, "probes": probes,
-                               "skipped": sorted(skipped)})
-        tensors[name] = TensorMeasure(name, tuple(int(d) for d in w.shape), 0.0, probe,
-                                      {l: cands[l] for l in labels if l in cands})
+        data = (_read_json(path) if path else None) or {}
+        cands, skipped = dict(data.get("candidates", {})), set(data.get("skipped", []))
+        probes = dict(data.get("probes", {}))
+        stored[name] = (path, cands, skipped, probes)
+        need_probe = probe_loss is not None and grid.probe not in probes
+        if _missing(grid, cands, skipped)[0] or need_probe:
+            jobs_todo.append((name, state_dict[name].detach().cpu(), hessians.get(name), grid, cands,
+                              sorted(skipped), need_probe))
+    state = {"base_loss": None, "measured": 0, "done": 0, "t0": t0}
+    for name in names:
+        if name not in {j[0] for j in jobs_todo}:
+            state["done"] += 1
+    for result in _run_jobs(jobs_todo, jobs):
+        _store(result, stored, grid, probe_loss, state)
         if progress:
-            print(f"measure: {i + 1}/{len(names)} {name} ({len(missing)} measured, "
-                  f"{len(labels) - len(missing)} cached) {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
+            print(f"measure: {state['done']}/{len(names)} {result[0]} ({result[3]} measured) "
+                  f"{time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
+    tensors: dict[str, TensorMeasure] = {}
+    total = 0
+    for name in names:
+        _, cands, skipped, probes = stored[name]
+        labels = wanted_labels(grid, cands)[0]
+        probe = probes[grid.probe] if probe_loss is not None else {"label": None, "raw_sensitivity": 1.0}
+        tensors[name] = TensorMeasure(name, tuple(int(d) for d in state_dict[name].shape), 0.0, probe,
+                                      {l: cands[l] for l in labels if l in cands})
+        total += len(labels)
     _set_sensitivities(tensors)
-    return Measurement(tensors, grid, ckpt, {"measured": measured, "cached": cached, "tensors": len(names),
-                                             "seconds": time.perf_counter() - t0})
+    return Measurement(tensors, grid, ckpt, {"measured": state["measured"], "cached": total - state["measured"],
+                                             "tensors": len(names), "jobs": jobs,
+                                             "seconds": time.perf_counter() - t0}, cache)
+
+
+def _run_jobs(todo: list[tuple], jobs: int):
+    """Results of `_tensor_job` in input order: in-process, or from a pool of worker processes
+    (spawned, so no torch state is forked). Ctrl-C terminates the workers and propagates."""
+    if jobs == 1 or len(todo) <= 1:
+        for job in todo:
+            yield _tensor_job(job)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(min(jobs, len(todo)), initializer=_worker_init) as pool:  # exit: terminate
+        yield from pool.imap(_tensor_job, todo, chunksize=1)
+
+
+def _store(result: tuple, stored: dict, grid: Grid, probe_loss, state: dict) -> None:
+    """Fold one tensor's result in: probe its loss change (in this process, which holds the
+    model) and write its cache file at once."""
+    name, cands, skipped, count, probe = result
+    path, _, _, probes = stored[name]
+    if probe is not None:
+        if state["base_loss"] is None:
+            state["base_loss"] = probe_loss({})
+        base = state["base_loss"]
+        loss = probe_loss({name: probe["w_hat"]})
+        d = probe["distortion"]
+        probes[grid.probe] = {"label": grid.probe, "loss": loss, "base_loss": base, "dloss": loss - base,
+                              "distortion": d, "raw_sensitivity": (loss - base) / d if d > 0 else 0.0}
+    stored[name] = (path, cands, set(skipped), probes)
+    state["measured"] += count
+    state["done"] += 1
+    if path is not None:
+        _write_json(path, {"name": name, "candidates": cands, "probes": probes, "skipped": list(skipped)})
 
 
 def _set_sensitivities(tensors: dict[str, TensorMeasure]) -> None:

@@ -167,7 +167,8 @@ def _apply_lqer(packed: dict[str, _Packed], recipe: Recipe, hessians) -> list[st
     cfg = recipe.lqer
     candidates = {n: p for n, p in packed.items()
                   if p.plan.spec.scheme in QUANTIZED_SCHEMES and p.weight.ndim == 2
-                  and any(fnmatch.fnmatchcase(n, g) for g in cfg.among) and _factors_fit(cfg, p.weight.shape)}
+                  and any(fnmatch.fnmatchcase(n, g) for g in cfg.among)
+                  and _factors_fit(cfg, cfg.rank_for(n), p.weight.shape)}
     errors = {}
     for n, p in candidates.items():
         h = None
@@ -176,13 +177,15 @@ def _apply_lqer(packed: dict[str, _Packed], recipe: Recipe, hessians) -> list[st
             if h is None:
                 raise ConfigError(f"recipe {recipe.name}: [lqer] rank_by = 'hessian' but there is no Hessian for {n}")
         errors[n] = weighted_error(p.weight, p.q.dequantize(), h)
-    names = None
-    if cfg.names is not None:  # globs or plain names among the candidates
-        names = [n for n in candidates if any(fnmatch.fnmatchcase(n, g) for g in cfg.names)]
-        missing = [g for g in cfg.names if not any(fnmatch.fnmatchcase(n, g) for n in candidates)]
+    names, patterns = None, cfg.target_patterns
+    if patterns is not None:  # globs or plain names among the candidates (`names` or `ranks`)
+        names = [n for n in candidates if any(fnmatch.fnmatchcase(n, g) for g in patterns)]
+        missing = [g for g in patterns if not any(fnmatch.fnmatchcase(n, g) for n in candidates)]
         if missing:
-            raise ConfigError(f"recipe {recipe.name}: [lqer] names {missing} match no quantized 2-D tensor "
-                              f"whose shape fits rank {cfg.rank} and the factors' group sizes")
+            key = "ranks" if cfg.ranks is not None else "names"
+            raise ConfigError(f"recipe {recipe.name}: [lqer] {key} {missing} match no quantized 2-D tensor "
+                              f"whose shape fits {'its rank' if cfg.ranks else f'rank {cfg.rank}'} "
+                              f"and the factors' group sizes")
     chosen = set(select_targets(errors, cfg.top_k, names))
     for n, p in candidates.items():
         if n not in chosen:
@@ -190,15 +193,17 @@ def _apply_lqer(packed: dict[str, _Packed], recipe: Recipe, hessians) -> list[st
         h = _hessian(hessians, n) if cfg.scaling != "none" else None
         if cfg.scaling != "none" and h is None:
             raise ConfigError(f"recipe {recipe.name}: [lqer] scaling {cfg.scaling!r} needs a Hessian for {n}")
-        p.low_rank = lqer(p.weight.float(), p.q.dequantize(), cfg.rank, cfg.factor_a, cfg.factor_b, hessian=h,
+        p.low_rank = lqer(p.weight.float(), p.q.dequantize(), cfg.rank_for(n), cfg.factor_a, cfg.factor_b, hessian=h,
                           scaling=cfg.scaling, refit_b=cfg.refit_b, name=n)
     return [n for n in candidates if n in chosen]
 
 
-def _factors_fit(cfg, shape) -> bool:
+def _factors_fit(cfg, rank: int | None, shape) -> bool:
     """Whether the factors' group sizes divide their columns (A: rows x rank, B: rank x cols);
-    tensors they do not fit are not LQER candidates."""
-    rank, cols = cfg.rank, int(shape[1])
+    tensors they do not fit (or without a rank in `[lqer] ranks`) are not LQER candidates."""
+    if rank is None:
+        return False
+    cols = int(shape[1])
     ga, gb = cfg.factor_a.group_size, cfg.factor_b.group_size
     return rank <= min(int(d) for d in shape) and (ga is None or rank % ga == 0) and (gb is None or cols % gb == 0)
 

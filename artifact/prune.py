@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -30,8 +31,15 @@ def magnitude_prune(w: Tensor, fraction: float) -> Tensor:
     out = w.detach().clone()
     if count == 0:
         return out
-    order = torch.sort(w.detach().abs().reshape(-1), stable=True).indices[:count]
-    out.view(-1)[order] = 0
+    # the count-th smallest |w| by selection (O(n), not a sort): everything below it goes, and
+    # of the entries equal to it the lowest flat indices, as a stable sort would order them
+    mag = w.detach().abs().reshape(-1)
+    threshold = float(np.partition(mag.numpy(), count - 1)[count - 1])
+    below = mag < threshold
+    ties = torch.nonzero(mag == threshold).reshape(-1)[: count - int(below.sum())]
+    flat = out.view(-1)
+    flat[below] = 0
+    flat[ties] = 0
     return out
 
 

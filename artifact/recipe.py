@@ -35,7 +35,8 @@ fp16, control tensors fp32), and optional `[lqer]`, `[prune_pm1]` and `[calibrat
 
     [lqer]
     rank = 4
-    top_k = 3                          # or names = [...]
+    top_k = 3                          # or names = [...]; or a per-tensor rank table instead of
+                                       # rank/top_k/names: [lqer.ranks] "blocks.0.mlp.fc.weight" = 8
     among = ["*"]                      # which quantized 2-D tensors may be chosen
     rank_by = "frobenius"              # or "hessian" (needs Hessians)
     factors = "record"                 # A int2 one scale, B int4 groups of 64; or factor_a/factor_b tables
@@ -147,9 +148,10 @@ class DefaultRule:
 class LqerConfig:
     """Low-rank correction of the largest quantization errors (see artifact/lqer.py)."""
 
-    rank: int = 4
+    rank: int = 4  # every target's rank (with `ranks`: the largest of them)
     top_k: int | None = 3
     names: tuple[str, ...] | None = None
+    ranks: tuple[tuple[str, int], ...] | None = None  # (name or glob, rank): exactly these, each its rank
     among: tuple[str, ...] = ("*",)
     rank_by: str = "frobenius"
     factor_a: QuantSpec = RECORD_FACTORS[0]
@@ -157,6 +159,18 @@ class LqerConfig:
     scaling: str = "none"
     refit_b: bool = False
     codec: str | None = None
+
+    def rank_for(self, name: str) -> int | None:
+        """The rank tensor `name` gets if chosen: `rank`, or with `ranks` its first matching
+        entry's (None: not in the table)."""
+        if self.ranks is None:
+            return self.rank
+        return next((r for pattern, r in self.ranks if fnmatch.fnmatchcase(name, pattern)), None)
+
+    @property
+    def target_patterns(self) -> tuple[str, ...] | None:
+        """The explicit targets (`names`, or the `ranks` table's keys); None: top_k by error."""
+        return tuple(p for p, _ in self.ranks) if self.ranks is not None else self.names
 
 
 @dataclass(frozen=True)
@@ -527,9 +541,15 @@ def _parse_lqer(t, where: str) -> LqerConfig | None:
     section = "[lqer]"
     if not isinstance(t, dict):
         raise ConfigError(f"{where}: {section} must be a table")
-    _unknown(t, {"rank", "top_k", "names", "among", "rank_by", "factors", "factor_a", "factor_b", "scaling",
-                 "refit_b", "codec"}, where, section)
-    rank = _get(t, "rank", int, where, 4, section)
+    _unknown(t, {"rank", "top_k", "names", "ranks", "among", "rank_by", "factors", "factor_a", "factor_b",
+                 "scaling", "refit_b", "codec"}, where, section)
+    if "ranks" in t and t.get("rank") != 0:  # rank = 0 still switches LQER off
+        ranks = _parse_lqer_ranks(t, where, section)
+        if ranks is None:
+            return None  # an empty table: no tensor gets a correction
+        rank = max(r for _, r in ranks)
+    else:
+        ranks, rank = None, _get(t, "rank", int, where, 4, section)
     if rank == 0:
         return None  # rank 0: no correction (lets a child recipe switch LQER off)
     if rank < 0:
@@ -555,13 +575,32 @@ def _parse_lqer(t, where: str) -> LqerConfig | None:
             if spec.scheme not in INT_SCHEMES:
                 raise ConfigError(f"{where}: {section} {key} scheme must be one of {', '.join(INT_SCHEMES)}")
             factor_a, factor_b = (spec, factor_b) if key == "factor_a" else (factor_a, spec)
-    return LqerConfig(rank=rank, top_k=top_k, names=names,
+    if ranks is not None:
+        top_k = None
+    return LqerConfig(rank=rank, top_k=top_k, names=names, ranks=ranks,
                       among=_globs(t.get("among", ["*"]), f"{where}: {section} among"),
                       rank_by=_choice(t.get("rank_by", "frobenius"), ("frobenius", "hessian"), f"{where}: {section} rank_by"),
                       factor_a=factor_a, factor_b=factor_b,
                       scaling=_choice(t.get("scaling", "none"), SCALINGS, f"{where}: {section} scaling"),
                       refit_b=_get(t, "refit_b", bool, where, False, section),
                       codec=_codec(t["codec"], where, f"{section} codec") if "codec" in t else None)
+
+
+def _parse_lqer_ranks(t: dict, where: str, section: str) -> tuple[tuple[str, int], ...] | None:
+    """`[lqer.ranks]`: {tensor name or glob: rank >= 1}; replaces rank, top_k and names. An
+    empty table means no correction (None)."""
+    table = t["ranks"]
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: {section} ranks must be a table of tensor name = rank")
+    clash = [k for k in ("rank", "top_k", "names") if k in t]
+    if clash:
+        raise ConfigError(f"{where}: {section} give ranks or {clash[0]}, not both")
+    out = []
+    for pattern, r in table.items():
+        if not pattern or not isinstance(r, int) or isinstance(r, bool) or r < 1:
+            raise ConfigError(f"{where}: {section} ranks: {pattern!r} = {r!r} must be a whole number >= 1")
+        out.append((pattern, r))
+    return tuple(out) or None
 
 
 def _parse_pm1(t, where: str) -> PrunePm1Config:

@@ -54,7 +54,11 @@ def test_real_bytes_never_exceed_the_budget(prepared, tmp_path):
         res, budget = _fit(prepared, limit)
         blob = build_blob(res.packed.entries)
         assert len(blob) + res.code_bytes == res.real_total <= limit
-        if i == 2:  # the written folder, counted as verify counts it
+        if i == 2:  # packed tensor by tensor, the blob is the whole recipe's pack
+            from artifact.pack import pack_state_dict
+            whole = pack_state_dict(p["state"], res.recipe, p["hessians"], predict_sizes=False)
+            assert build_blob(whole.entries) == blob
+            # the written folder, counted as verify counts it
             write_submission(tmp_path / "sub", res.packed.entries, prepared["cfg"].to_dict(),
                              {"seq_len": prepared["seq_len"]}, ship_modules())
             assert count_submission(tmp_path / "sub", budget).total == res.real_total <= limit
@@ -129,3 +133,150 @@ def test_candidates_csv_holds_every_candidate_and_marks_the_choice(prepared, tmp
         assert fc.loc[label, "predicted_dloss"] == pytest.approx(t.predicted_dloss(label))
     assert fc["kind"].iloc[0] == "mlp.fc" and table["layer"].notna().any()
     assert rate_distortion_png(load_fit_tables(tmp_path)["tensors"], table)[:4] == b"\x89PNG"
+
+
+# ----------------------------------------------------------------------------- labels, prune, ranks
+
+def test_choice_labels_are_strict_and_carry_the_prune_fraction():
+    from artifact.measure import Choice
+
+    c = Choice.parse("int5/sdclip:8/gptq/r0/p0.03/ans")
+    assert (c.bits, c.clip, c.gptq, c.lqer_rank, c.prune, c.codec) == (5, "sdclip:8", True, 0, 0.03, "ans")
+    assert c.label == "int5/sdclip:8/gptq/r0/p0.03/ans" and Choice.parse(Choice(8, "sdclip:8", False, 2, "ans").label).prune == 0
+    for bad in ("int5/sdclip:8/gptq/r0/ans", "int5/sdclip:8/gptq/r0/p0.030/ans", "int5/sdclip:8/gptq/r0/p1.5/ans",
+                "int9/sdclip:8/rtn/r0/p0/ans", "int5/sdclip:8/xyz/r0/p0/ans", "int5/sdclip:8/rtn/r0/q0/ans"):
+        with pytest.raises(ConfigError, match="bad candidate label"):
+            Choice.parse(bad)
+    assert pin_matches("int8", "int8/sdclip:8/rtn/r0/p0/ans") and pin_matches("p0.03/gptq", c.label)
+    assert not pin_matches("p0", c.label)
+
+
+def _pack_choices(p, choices):
+    from artifact.fit import build_recipe
+    from artifact.pack import pack_state_dict
+
+    full = {n: "int8/sdclip:8/rtn/r0/p0/ans" for n in p["measurement"].tensors}  # the rest: plain int8
+    recipe = build_recipe({**full, **choices}, p["calibration"])
+    return recipe, pack_state_dict(p["state"], recipe, p["hessians"])
+
+
+def test_pruned_and_lqer_candidates_are_what_pack_ships(prepared):
+    """A measured p0.03 candidate (and one with an LQER rank) packs to exactly the measured code
+    bytes and distortion, through pack's own prune → quantize → LQER path."""
+    from artifact import codec
+    from artifact.quant import weighted_error
+
+    m = prepared["measurement"]
+    name = "blocks.1.mlp.fc.weight"
+    t = m.tensors[name]
+    pruned = [l for l in t.candidates if "/p0.03/" in l and "/r0/" in l and l.startswith("int8/")]
+    ranked = [l for l in t.candidates if "/r4/" in l]
+    assert pruned and ranked and {l.replace("/p0.03/", "/p0/") for l in pruned} <= set(t.candidates)
+    for label in (pruned[0], ranked[0]):
+        _, packed = _pack_choices(prepared, {name: label})
+        entry = next(e for e in packed.entries if e.name == name)
+        fig = t.candidates[label]
+        assert codec.predict_size(entry.codec, entry.codes) == fig["code_bytes"]
+        assert (entry.lqer is not None) == ("/r4/" in label)
+        got = weighted_error(prepared["state"][name].float(), packed.dequantized[name], prepared["hessians"][name])
+        assert got == pytest.approx(fig["distortion"], rel=1e-5)
+    assert next(r for r in _pack_choices(prepared, {name: pruned[0]})[1].rows if r["name"] == name)["prune"] == 0.03
+    # pruning trades distortion for bytes: at the same base, fewer code bytes
+    base = pruned[0].replace("/p0.03/", "/p0/")
+    assert t.candidates[pruned[0]]["code_bytes"] < t.candidates[base]["code_bytes"]
+
+
+def test_per_tensor_lqer_ranks_pack_and_round_trip_through_recipe_toml(prepared, tmp_path):
+    import tomllib
+
+    from artifact.fit import recipe_data, recipe_toml
+    from artifact.recipe import load_recipe
+
+    choices = {"blocks.0.attn.c_q.weight": "int3/sdclip:8/rtn/r2/p0/ans",
+               "blocks.1.mlp.fc.weight": "int3/sdclip:8/rtn/r8/p0.03/ans",
+               "blocks.2.mlp.proj.weight": "int4/sdclip:8/rtn/r0/p0/ans"}
+    recipe, packed = _pack_choices(prepared, choices)
+    assert dict(recipe.lqer.ranks) == {"blocks.0.attn.c_q.weight": 2, "blocks.1.mlp.fc.weight": 8}
+    ranks = {e.name: e.lqer[0].codes.shape[1] for e in packed.entries if e.lqer is not None}
+    assert ranks == {"blocks.0.attn.c_q.weight": 2, "blocks.1.mlp.fc.weight": 8}
+    choices = {**{n: "int8/sdclip:8/rtn/r0/p0/ans" for n in prepared["measurement"].tensors}, **choices}
+    text = recipe_toml(recipe_data(choices, prepared["calibration"]))
+    assert '[lqer.ranks]\n"blocks.0.attn.c_q.weight" = 2' in text
+    path = tmp_path / "recipe.toml"
+    path.write_text(text)
+    again = load_recipe(path)
+    rules = {r["match"][0]: r for r in tomllib.loads(text)["rules"]}
+    assert again.lqer == recipe.lqer and rules["blocks.1.mlp.fc.weight"]["prune"] == 0.03
+    repacked = pack_state_dict_blob(prepared, again)
+    assert repacked == build_blob(packed.entries)
+
+
+def pack_state_dict_blob(p, recipe) -> bytes:
+    from artifact.pack import pack_state_dict
+
+    return build_blob(pack_state_dict(p["state"], recipe, p["hessians"]).entries)
+
+
+def test_lqer_ranks_are_measured_only_on_the_rank0_hull(prepared):
+    from artifact.measure import Choice, hull_bases
+
+    for t in prepared["measurement"].tensors.values():
+        hull = set(hull_bases(t.candidates))
+        ranked = {Choice.parse(l).base for l in t.candidates if Choice.parse(l).lqer_rank}
+        assert ranked <= hull and len(hull) >= 2
+
+
+# ----------------------------------------------------------------------------- parallel and resumable
+
+TINY = Grid(bits=(3, 6), clips=("sdclip:8",), gptq=(False, True), prunes=(0.0, 0.03), lqer_ranks=(0, 4),
+            codecs=("ans",))
+
+
+def _tiny_measure(p, cache, jobs):
+    from analysis.fit_command import _probe_loss_fn
+    from artifact.calibrate import batches_from_tokens
+    from artifact.measure import measure
+    from helpers import bundled_model_and_tokens
+
+    model, tokens = bundled_model_and_tokens()
+    probe = _probe_loss_fn(model, batches_from_tokens(tokens, 4, 129, 4, 0))
+    return measure(p["state"], p["hessians"], TINY, probe, {"test": "tiny"}, cache, progress=False, jobs=jobs)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {f.name: f.read_bytes() for f in sorted(folder.iterdir())}
+
+
+@pytest.mark.slow
+def test_parallel_measurement_is_identical_and_resumes_after_ctrl_c(prepared, tmp_path):
+    import signal
+    import time
+
+    one = _tiny_measure(prepared, tmp_path / "one", jobs=1)
+    two = _tiny_measure(prepared, tmp_path / "two", jobs=2)
+    assert {n: (t.candidates, t.probe, t.sensitivity) for n, t in one.tensors.items()} == \
+           {n: (t.candidates, t.probe, t.sensitivity) for n, t in two.tensors.items()}
+    assert _files(tmp_path / "one") == _files(tmp_path / "two") and len(_files(tmp_path / "one")) == len(one.tensors)
+    # Ctrl-C a 2-worker measurement part-way: only whole cache files stay; a rerun finishes the rest
+    part = tmp_path / "part"
+    torch.save({"state": prepared["state"], "hessians": prepared["hessians"]}, tmp_path / "inputs.pt")
+    script = (f"import sys, torch; sys.path.insert(0, 'tests'); torch.set_num_threads({torch.get_num_threads()})\n"
+              "from test_fit import _tiny_measure\n"
+              f"p = torch.load({str(tmp_path / 'inputs.pt')!r}, weights_only=True)\n"
+              f"print('ready', flush=True); _tiny_measure(p, {str(part)!r}, 2)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not part.is_dir() or len(list(part.glob("*.json"))) < 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    done = _files(part)
+    assert 3 <= len(done) < len(one.tensors) and not [n for n in done if not n.endswith(".json")]
+    assert all(done[n] == _files(tmp_path / "one")[n] for n in done)  # whole, and the same bytes
+    resumed = _tiny_measure(prepared, part, jobs=2)
+    assert 0 < resumed.stats["measured"] < one.stats["measured"]
+    assert _files(part) == _files(tmp_path / "one")
+    assert {n: t.candidates for n, t in resumed.tensors.items()} == {n: t.candidates for n, t in one.tensors.items()}

@@ -321,3 +321,31 @@ def test_a_one_layer_model_with_empty_skip_weights_packs():
     assert state["skip_weights"].numel() == 0
     packed = pack_state_dict(state, load_recipe("seed-003"))
     assert packed.dequantized["skip_weights"].shape == state["skip_weights"].shape
+
+
+def test_lqer_rank_table_is_validated():
+    from artifact.recipe import parse_recipe
+
+    r = parse_recipe({"lqer": {"ranks": {"blocks.0.mlp.fc.weight": 2, "blocks.1.*": 8}}})
+    assert r.lqer.ranks == (("blocks.0.mlp.fc.weight", 2), ("blocks.1.*", 8)) and r.lqer.rank == 8
+    assert (r.lqer.rank_for("blocks.1.attn.c_q.weight"), r.lqer.rank_for("blocks.2.mlp.fc.weight")) == (8, None)
+    assert parse_recipe({"lqer": {"ranks": {}}}).lqer is None
+    assert parse_recipe({"lqer": {"ranks": {"x": 2}, "rank": 0}}).lqer is None  # rank 0 still switches it off
+    for bad, words in [({"ranks": {"x": 2}, "top_k": 3}, "not both"), ({"ranks": {"x": 0}}, ">= 1"),
+                       ({"ranks": {"x": True}}, ">= 1"), ({"ranks": [2]}, "table")]:
+        with pytest.raises(ConfigError, match=words):
+            parse_recipe({"lqer": bad})
+
+
+def test_lqer_rank_table_naming_no_tensor_is_an_error():
+    from artifact.recipe import parse_recipe
+
+    got = bundled_model_and_tokens()
+    if got is None:
+        pytest.skip("bundled checkpoint absent")
+    data = {"rules": [{"match": ["*"], "ndim": 2, "bits": 6}], "default": {"large": "baseline_int8"}}
+    ok = pack_state_dict(got[0].state_dict(), parse_recipe({**data, "lqer": {"ranks": {"blocks.0.*": 2}}}))
+    assert {e.name: e.lqer[0].codes.shape[1] for e in ok.entries if e.lqer} == {
+        n: 2 for n, t in got[0].state_dict().items() if n.startswith("blocks.0.") and t.ndim == 2}
+    with pytest.raises(ConfigError, match=r"ranks \['nope.weight'\] match no quantized"):
+        pack_state_dict(got[0].state_dict(), parse_recipe({**data, "lqer": {"ranks": {"nope.weight": 2}}}))
