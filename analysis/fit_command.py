@@ -30,10 +30,10 @@ from artifact.errors import ArtifactError, ConfigError
 DEFAULT_OUT = "runs/fit"
 DEFAULT_CACHE = "runs/fit-cache"
 DEFAULT_COMPARE = "record-1855,seed-004,seed-003"
-PROBE_SEQS = 32
+PROBE_SEQS = 128
 # probe forwards cost ~ seqs x seq_len x params: large models probe on fewer sequences (>= 2) so
 # the ~1 probe per tensor stays about as cheap as 32 x 1025 tokens on a 600k-parameter model
-PROBE_WORK = 32 * 1025 * 600_000
+PROBE_WORK = 128 * 1025 * 600_000
 CALIBRATION_TOKENS = 64 * 1024
 CSV_COLUMNS = ("name", "layer", "kind", "params", "bits", "clip", "gptq", "lqer_rank", "prune", "codec", "bytes",
                "bits_per_weight", "share_of_budget", "distortion", "predicted_dloss")
