@@ -75,12 +75,37 @@ def random_configs(measurement, n: int, seed: int = 0) -> list[dict[str, str]]:
     return configs
 
 
+def local_configs(measurement, tensor_bytes: int, n: int, seed: int = 0, spread: int = 6) -> list[dict[str, str]]:
+    """n whole-model choices around the solver's choice for `tensor_bytes` of quantized tensors:
+    each tensor, with probability 1/2, moves to one of the `spread` candidates nearest in bytes to
+    its chosen one. This is the region where the fit's ranking has to be right."""
+    from artifact.solve import solve
+
+    names, cands = measurement.solver_input()
+    center = solve(dict(zip(names, cands)), tensor_bytes)
+    rng = np.random.default_rng(seed)
+    configs = []
+    for _ in range(n):
+        choice = {}
+        for name, options, label in zip(names, cands, center.labels):
+            if rng.random() < 0.5:
+                at = next(b for b, _, l in options if l == label)
+                near = sorted(options, key=lambda o: (abs(o[0] - at), o[2]))[:spread]
+                label = near[int(rng.integers(len(near)))][2]
+            choice[name] = label
+        configs.append(choice)
+    return configs
+
+
 def ranking_check(checkpoint=None, data=None, n_configs: int = DEFAULT_CONFIGS, seed: int = 0,
-                  max_tokens: int | None = DEFAULT_TOKENS, cache=None, grid=None, progress: bool = True) -> dict:
+                  max_tokens: int | None = DEFAULT_TOKENS, cache=None, grid=None, progress: bool = True,
+                  around: int | None = None) -> dict:
     """Predicted vs real Δloss over `n_configs` random configurations of `checkpoint` (default:
     bundled). Returns {spearman, pearson, pairs: [{config, predicted_dloss, real_dloss,
     predicted_bytes, choices}], base_loss, n_configs, seed, max_tokens, seconds, ...}.
-    `cache` is the measurement cache (default: `golf fit`'s); `grid` the candidate grid."""
+    `cache` is the measurement cache (default: `golf fit`'s); `grid` the candidate grid; `around`
+    (tensor bytes): draw configurations near the solver's choice there (`local_configs`) instead
+    of uniformly over every candidate."""
     from analysis.fit_command import DEFAULT_CACHE, prepare
     from artifact.errors import ConfigError
     from artifact.fit import build_recipe
@@ -106,7 +131,8 @@ def ranking_check(checkpoint=None, data=None, n_configs: int = DEFAULT_CONFIGS, 
     base = val_loss()
     pairs = []
     try:
-        for i, choices in enumerate(random_configs(m, n_configs, seed)):
+        configs = random_configs(m, n_configs, seed) if around is None else local_configs(m, around, n_configs, seed)
+        for i, choices in enumerate(configs):
             recipe = build_recipe(choices, p["calibration"], m.grid.lqer_codec, m.grid.scales_codec)
             packed = pack_state_dict(state, recipe, p["hessians"], predict_sizes=False)
             model.load_state_dict({k: packed.dequantized[k].to(v.dtype) for k, v in state.items()})
@@ -122,7 +148,7 @@ def ranking_check(checkpoint=None, data=None, n_configs: int = DEFAULT_CONFIGS, 
         model.load_state_dict(state)
     pred = [q["predicted_dloss"] for q in pairs]
     real = [q["real_dloss"] for q in pairs]
-    return {"checkpoint": str(checkpoint or "bundled"), "n_configs": n_configs, "seed": seed,
+    return {"checkpoint": str(checkpoint or "bundled"), "n_configs": n_configs, "seed": seed, "around": around,
             "max_tokens": max_tokens, "val_tokens": int(len(tokens)), "base_loss": base,
             "spearman": spearman(pred, real), "pearson": pearson(pred, real), "pairs": pairs,
             "measure": m.stats, "seconds": time.perf_counter() - t0}
@@ -137,12 +163,16 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random configurations")
     p.add_argument("--max-tokens", type=int, default=DEFAULT_TOKENS, help="val prefix scored (0 = all)")
     p.add_argument("--cache", default=None, help="measurement cache folder (default: golf fit's)")
+    p.add_argument("--around", type=int, default=None, metavar="BYTES",
+                   help="draw configurations near the solver's choice for BYTES of quantized tensors "
+                        "(default: uniformly over every candidate)")
     add_json_flag(p)
     p.set_defaults(run=_run, help_parser=p)
 
 
 def _run(args) -> int:
-    result = ranking_check(args.checkpoint, args.data, args.configs, args.seed, args.max_tokens or None, args.cache)
+    result = ranking_check(args.checkpoint, args.data, args.configs, args.seed, args.max_tokens or None, args.cache,
+                           around=args.around)
     emit(result, args.json, _text)
     return 0
 
@@ -151,7 +181,8 @@ def _text(r: dict) -> str:
     lines = [f"{'config':>6} {'pred bytes':>10} {'predicted dloss':>15} {'real dloss':>11}"]
     for q in r["pairs"]:
         lines.append(f"{q['config']:>6} {q['predicted_bytes']:>10,} {q['predicted_dloss']:>15.5f} {q['real_dloss']:>11.5f}")
-    lines += ["", f"{r['n_configs']} random configurations of {r['checkpoint']}, seed {r['seed']}, "
+    where = "random" if r.get("around") is None else f"local (around {r['around']:,} B of tensors)"
+    lines += ["", f"{r['n_configs']} {where} configurations of {r['checkpoint']}, seed {r['seed']}, "
                   f"{r['val_tokens']:,} val tokens (unquantized loss {r['base_loss']:.5f} nats)",
               f"spearman={r['spearman']:.4f}  pearson={r['pearson']:.4f}  time {r['seconds']:.1f} s"]
     return "\n".join(lines)

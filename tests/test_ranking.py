@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from analysis.ranking import average_ranks, random_configs, ranking_check, spearman
+from analysis.ranking import average_ranks, local_configs, random_configs, ranking_check, spearman
 from artifact.errors import DataError
 from artifact.measure import Choice, Grid
 
@@ -70,6 +70,27 @@ def test_random_configs_are_deterministic_and_valid(check, cache):
     # uniform over candidates: across many draws every bit width turns up
     bits = {Choice.parse(l).bits for c in random_configs(m, 20, seed=0) for l in c.values()}
     assert bits == set(SMALL.bits)
+
+
+def test_local_configs_stay_near_the_solvers_choice(check, cache):
+    from analysis.fit_command import prepare
+    from artifact.solve import solve
+
+    m = prepare(cache=cache, grid=SMALL, progress=False)["measurement"]
+    names, cands = m.solver_input()
+    budget = sum(sorted(b for b, _, _ in c)[len(c) // 2] for c in cands)  # a mid-range size
+    center = dict(zip(names, solve(dict(zip(names, cands)), budget).labels))
+    configs = local_configs(m, budget, 8, seed=4)
+    assert configs == local_configs(m, budget, 8, seed=4) and configs != local_configs(m, budget, 8, seed=5)
+    moved = 0
+    for config in configs:
+        for name, label in config.items():
+            options = sorted(m.tensors[name].candidates.items(), key=lambda kv: kv[1]["bytes"])
+            at = m.tensors[name].candidates[center[name]]["bytes"]
+            nearest = sorted(options, key=lambda kv: (abs(kv[1]["bytes"] - at), kv[0]))[:6]
+            assert label in {k for k, _ in nearest}
+            moved += label != center[name]
+    assert 0 < moved < 8 * len(names)  # some tensors move, not all
 
 
 def test_cli_rejects_too_few_configs():
