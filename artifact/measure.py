@@ -299,11 +299,12 @@ def _lqer_figures(w: Tensor, w_hat: Tensor, ranks: list[int], h32, grid: Grid) -
 def measure_tensor(name: str, w: Tensor, hessian: Tensor | None, grid: Grid,
                    labels: list[str]) -> dict[str, dict]:
     """{label: figures} for the given candidate labels of one tensor (labels whose LQER rank the
-    shape cannot take are left out)."""
+    shape cannot take, and GPTQ labels of a tensor without a Hessian, are left out)."""
     w = w.detach().float()
     h32 = hessian.float() if hessian is not None else None
     out: dict[str, dict] = {}
-    wanted = [Choice.parse(l) for l in labels]
+    # no Hessian (a table no linear layer reads): GPTQ candidates would only repeat rounding
+    wanted = [c for c in map(Choice.parse, labels) if hessian is not None or not c.gptq]
     for base in sorted({c.base for c in wanted}):
         mine = [c for c in wanted if c.base == base]
         q = _quantize(name, w, *base[:3], hessian, base[3])

@@ -155,8 +155,13 @@ def _quantize(name: str, w: Tensor, plan: TensorPlan, hessians, recipe_name: str
     needs_h = plan.gptq is not None or spec.clip.kind == "hsdclip"
     h = _hessian(hessians, name) if needs_h else None
     if needs_h and h is None:
-        why = "GPTQ" if plan.gptq is not None else "hsdclip"
-        raise ConfigError(f"recipe {recipe_name}: tensor {name} needs a Hessian ({why}) but calibration has none for it")
+        # Calibration gives every weight a linear layer reads a Hessian. A tensor none reads (an
+        # extra embedding table: bigram hash, value embeddings) is rounded to nearest under a GPTQ
+        # rule; with no calibration at all, or an hsdclip rule, it is an error.
+        if plan.gptq is None or not hessians:
+            why = "GPTQ" if plan.gptq is not None else "hsdclip"
+            raise ConfigError(f"recipe {recipe_name}: tensor {name} needs a Hessian ({why}) but calibration has none for it")
+        return quantize_tensor(x, spec, None, name=name)
     if plan.gptq is not None:
         return gptq_quantize(x, h, spec, plan.gptq, name=name)
     return quantize_tensor(x, spec, h, name=name)
