@@ -352,21 +352,22 @@ def hull_bases(cands: dict[str, dict]) -> list[tuple]:
     return [base for _, _, base in hull]
 
 
-def wanted_labels(grid: Grid, cands: dict[str, dict]) -> tuple[list[str], bool]:
+def wanted_labels(grid: Grid, cands: dict[str, dict], skipped=frozenset()) -> tuple[list[str], bool]:
     """(labels this tensor should have given what is measured so far, final). Not final while
-    rank-0 candidates are missing: the hull then decides which LQER ranks come next."""
+    rank-0 candidates are missing (and not `skipped`: a shape or a missing Hessian rules them
+    out): the hull then decides which LQER ranks come next."""
     every = grid.choices()
     if not grid.lqer_on_hull:
         return [c.label for c in every], True
     rank0 = [c.label for c in every if c.lqer_rank == 0]
-    if any(l not in cands for l in rank0):
+    if any(l not in cands and l not in skipped for l in rank0):
         return rank0, False
-    on_hull = set(hull_bases({l: cands[l] for l in rank0}))
+    on_hull = set(hull_bases({l: cands[l] for l in rank0 if l in cands}))
     return [c.label for c in every if c.lqer_rank == 0 or c.base in on_hull], True
 
 
 def _missing(grid: Grid, cands: dict, skipped: set) -> tuple[list[str], bool]:
-    labels, final = wanted_labels(grid, cands)
+    labels, final = wanted_labels(grid, cands, skipped)
     return [l for l in labels if l not in cands and l not in skipped], final
 
 
@@ -454,7 +455,7 @@ def measure(state_dict: dict[str, Tensor], hessians: dict[str, Tensor], grid: Gr
     total = 0
     for name in names:
         _, cands, skipped, probes = stored[name]
-        labels = wanted_labels(grid, cands)[0]
+        labels = wanted_labels(grid, cands, skipped)[0]
         probe = probes[grid.probe] if probe_loss is not None else {"label": None, "raw_sensitivity": 1.0}
         tensors[name] = TensorMeasure(name, tuple(int(d) for d in state_dict[name].shape), 0.0, probe,
                                       {l: cands[l] for l in labels if l in cands})

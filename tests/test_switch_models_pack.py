@@ -59,3 +59,15 @@ def test_measure_offers_only_rounding_for_a_table_without_a_hessian(switched):
     labels = ["int6/sdclip:8/gptq/r0/p0/ans", "int6/sdclip:8/rtn/r0/p0/ans"]
     out = measure_tensor("bigram.embed.weight", state["bigram.embed.weight"], None, Grid(), labels)
     assert list(out) == ["int6/sdclip:8/rtn/r0/p0/ans"]
+
+
+def test_measure_finishes_on_a_model_with_tables_and_offers_them_rounding_only(switched):
+    from artifact.measure import measure
+
+    state, _, hessians = switched
+    grid = Grid(bits=(4, 6), clips=("sdclip:8",), gptq=(False, True), lqer_ranks=(0, 2), codecs=("ans",),
+                prunes=(0.0,))
+    m = measure(state, hessians, grid, progress=False)  # used to loop forever on a table with no Hessian
+    table = m.tensors["bigram.embed.weight"].candidates
+    assert table and all("/rtn/" in label for label in table)
+    assert any("/gptq/" in label for label in m.tensors["blocks.0.attn.c_q.weight"].candidates)
