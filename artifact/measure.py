@@ -63,7 +63,7 @@ from artifact import codec as codecs
 from artifact.errors import ConfigError
 from artifact.lqer import RECORD_FACTORS, lqer_ranks
 
-MEASURE_VERSION = 2
+MEASURE_VERSION = 3  # 3: calibration marks tables no linear layer reads
 DEFAULT_SCALES_CODEC = "deinterleave2+brotli-11"
 DEFAULT_LQER_CODEC = "ans"
 # A sensitivity below this fraction of the median is floored: a probe whose loss change is lost

@@ -75,7 +75,7 @@ def recipe_needs_hessians(recipe: Recipe) -> bool:
 
 def calibrate_for_recipe(model: torch.nn.Module, recipe: Recipe, train_tokens=None,
                          output_input_fn: Callable[[Tensor], Tensor] | None = None,
-                         progress: Callable[[int], None] | None = None) -> dict[str, Tensor]:
+                         progress: Callable[[int], None] | None = None) -> dict[str, Tensor | None]:
     """Hessians (X^T X per linear weight name, the tied embedding under the recipe's
     `output_key` via `output_input_fn`) from the recipe's calibration tokens: windows of
     `train_tokens` (source "train"; e.g. a train shard's memmap) or sequences the model samples
@@ -91,7 +91,11 @@ def calibrate_for_recipe(model: torch.nn.Module, recipe: Recipe, train_tokens=No
         batches = list(ids.split(cal.batch_size))
     hessians = collect_hessians(model, batches, output_input_fn=output_input_fn, output_key=cal.output_key,
                                 progress=progress)
-    return dict(hessians.matrices)
+    out = dict(hessians.matrices)
+    # None marks a matrix no linear layer reads (an extra embedding table: bigram hash, value
+    # embeddings): calibrated, but with no Hessian to have. GPTQ rules round it to nearest.
+    out.update({n: None for n, p in model.named_parameters() if p.ndim == 2 and n not in out and n != cal.output_key})
+    return out
 
 
 # ------------------------------------------------------------------------------ packing
@@ -155,10 +159,9 @@ def _quantize(name: str, w: Tensor, plan: TensorPlan, hessians, recipe_name: str
     needs_h = plan.gptq is not None or spec.clip.kind == "hsdclip"
     h = _hessian(hessians, name) if needs_h else None
     if needs_h and h is None:
-        # Calibration gives every weight a linear layer reads a Hessian. A tensor none reads (an
-        # extra embedding table: bigram hash, value embeddings) is rounded to nearest under a GPTQ
-        # rule; with no calibration at all, or an hsdclip rule, it is an error.
-        if plan.gptq is None or not hessians:
+        # A tensor calibration marked as read by no linear layer (None, see calibrate_for_recipe)
+        # is rounded to nearest under a GPTQ rule; a missing Hessian, or an hsdclip rule, is an error.
+        if plan.gptq is None or hessians is None or name not in hessians:
             why = "GPTQ" if plan.gptq is not None else "hsdclip"
             raise ConfigError(f"recipe {recipe_name}: tensor {name} needs a Hessian ({why}) but calibration has none for it")
         return quantize_tensor(x, spec, None, name=name)

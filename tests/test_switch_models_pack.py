@@ -37,7 +37,7 @@ def switched():
 
 def test_tables_without_a_hessian_are_rounded_under_a_gptq_rule(switched):
     state, recipe, hessians = switched
-    assert "bigram.embed.weight" not in hessians and "blocks.0.attn.c_q.weight" in hessians
+    assert hessians["bigram.embed.weight"] is None and hessians["blocks.0.attn.c_q.weight"] is not None
     packed = pack_state_dict(state, recipe, hessians)
     plan = recipe.plan({"bigram.embed.weight": state["bigram.embed.weight"]})["bigram.embed.weight"]
     rtn = quantize_tensor(state["bigram.embed.weight"].float(), plan.spec).dequantize().float()
@@ -71,3 +71,10 @@ def test_measure_finishes_on_a_model_with_tables_and_offers_them_rounding_only(s
     table = m.tensors["bigram.embed.weight"].candidates
     assert table and all("/rtn/" in label for label in table)
     assert any("/gptq/" in label for label in m.tensors["blocks.0.attn.c_q.weight"].candidates)
+
+
+def test_a_missing_linear_hessian_is_still_an_error(switched):
+    state, recipe, hessians = switched
+    partial = {k: v for k, v in hessians.items() if k != "blocks.0.attn.c_q.weight"}
+    with pytest.raises(ConfigError, match=r"blocks\.0\.attn\.c_q\.weight needs a Hessian"):
+        pack_state_dict(state, recipe, partial)
