@@ -22,6 +22,7 @@ from artifact.cliutil import Progress, add_code_form_flags, add_json_flag, emit
 from artifact.container import inspect as inspect_blob
 from artifact.errors import ArtifactError, ConfigError
 from artifact.submission import BLOB, MARKER, TTT_MODULE, check_out_dir, is_submission, write_submission
+from train.evaluate import add_ttt_flags, ttt_config_from_args
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # The project modules run.py imports, shipped as copies in the same layout (empty package
@@ -71,17 +72,9 @@ def _register_pack(sub) -> None:
     p.add_argument("--seq-len", type=int, default=None,
                    help="eval seq_len recorded in config.json (default: the checkpoint's training seq_len)")
     add_code_form_flags(p)
-    _add_ttt_flags(p)
+    add_ttt_flags(p)  # the very flags of `golf eval --ttt`: a packed submission scores what that scores
     add_json_flag(p)
     p.set_defaults(run=_run_pack, help_parser=p)
-
-
-def _add_ttt_flags(p) -> None:
-    # The very flags (and TTTConfig mapping) of `golf eval --ttt`, so a packed submission scores
-    # exactly what that command scores.
-    from train.evaluate import add_ttt_flags as add_eval_ttt_flags
-
-    add_eval_ttt_flags(p)
 
 
 def pack_ttt_settings(args, seq_len: int) -> dict | None:
@@ -89,7 +82,6 @@ def pack_ttt_settings(args, seq_len: int) -> dict | None:
     field, checked by the same TTTConfig.from_dict the shipped run.py reads it back with."""
     if not args.ttt:
         return None
-    from train.evaluate import ttt_config_from_args
     from train.ttt import TTTConfig
 
     cfg = TTTConfig.from_dict(ttt_config_from_args(args).to_dict(), source="--ttt flags")

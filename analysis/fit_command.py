@@ -64,7 +64,7 @@ def register(sub) -> None:
     p.set_defaults(run=_run_fit, help_parser=p)
     from analysis.ranking import register as register_rank_check
     register_rank_check(sub)  # `golf rank-check`: predicted vs real Δloss over random configurations
-    from artifact.bench_fit import register as register_bench_fit
+    from analysis.bench_fit import register as register_bench_fit
     register_bench_fit(sub)  # `golf bench-fit`: the fit's timings on a record-scale checkpoint
 
 

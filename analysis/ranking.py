@@ -58,8 +58,8 @@ def spearman(x, y) -> float:
 
 def random_configs(measurement, n: int, seed: int = 0) -> list[dict[str, str]]:
     """n whole-model choices {tensor: label}, each tensor's label uniform over its candidates.
-    The packer takes one LQER rank per artifact, so each configuration first draws one nonzero
-    rank from the grid and draws among the candidates at rank 0 or that rank."""
+    Each configuration first draws one nonzero LQER rank from the grid and draws among the
+    candidates at rank 0 or that rank (one rank per artifact, as the seeds' recipes use)."""
     from artifact.measure import Choice
 
     rng = np.random.default_rng(seed)
