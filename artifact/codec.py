@@ -30,8 +30,8 @@ import numpy as np
 import zstandard
 
 from artifact import rans
-from artifact.decoder import DecodeError, decompress as decode_stream
-from artifact.errors import ArtifactError, ConfigError
+from artifact.runtime.decoder import DecodeError, decompress as decode_stream
+from artifact.runtime.errors import ArtifactError, ConfigError
 
 COMPRESSORS = {"raw": None, "ans": None, "zlib": (0, 9), "zstd": (1, 22), "brotli": (0, 11), "lzma": (0, 9)}
 EXACT_BELOW = 1 << 18  # general compressors: streams this small are compressed for their size

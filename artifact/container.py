@@ -1,4 +1,5 @@
-"""The artifact writer, reader wrapper and inspector (the format itself: artifact/decoder.py).
+"""The artifact writer, reader wrapper and inspector (the format: artifact.runtime.format and
+artifact/docs/container.md; the reader that ships: artifact.runtime.decoder).
 
 `build_blob(entries)` lays quantized tensors out as the decoder expects: each entry's parts
 (codes, row order, scales, LQER factors, or passthrough values) go into streams, one per
@@ -14,31 +15,23 @@ Reading goes through the shipped decoder; its `DecodeError` becomes `ArtifactErr
 
 import json
 import math
-import os
-import tempfile
 import zlib
 from dataclasses import dataclass
 
 import numpy as np
 
 from artifact import codec as codecs
-from artifact.decoder import (
-    HEAD,
-    MAGIC,
-    VERSION,
-    DecodeError,
-    apply_lqer,
-    decode,
-    dequantize,
-    read_manifest,
-    tensor_hash,
-    tensor_parts,
-)
-from artifact.errors import ArtifactError
+from artifact.runtime.decoder import (DecodeError, apply_lqer, bf16_to_float32, decode, dequantize, read_manifest,
+                                      tensor_hash, tensor_parts)
+from artifact.runtime.errors import ArtifactError
+from artifact.runtime.files import atomic_write
+from artifact.runtime.format import (BITS, CODES, DTYPE, GROUP, HASH, HEAD, LQER, MAGIC, NAME, ORIGINAL_DTYPES,
+                                     PART_TYPES, PASSTHROUGH, QUANT, ROW_ORDER, ROW_ORDER_U2_MAX_ROWS, SCALE_TYPE,
+                                     SCALES, SHAPE, STREAMS, TENSORS, TRANSPOSED, VERSION)
 
-DTYPE_LABELS = {"float32", "bfloat16", "float16", "float64"}
-SCALE_TYPES = {np.dtype(np.float16): "f2", np.dtype(np.float32): "f4"}
-PASS_TYPES = {np.dtype(np.float16): "f2", np.dtype(np.float32): "f4", np.dtype(np.uint16): "b2"}
+# numpy dtype of the array handed over -> part type in the manifest
+SCALE_PART_TYPES = {np.dtype(np.float16): "f2", np.dtype(np.float32): "f4"}
+PASSTHROUGH_PART_TYPES = {np.dtype(np.float16): "f2", np.dtype(np.float32): "f4", np.dtype(np.uint16): "b2"}
 
 
 @dataclass
@@ -99,7 +92,7 @@ def _block_parts(name, codes, scales, group_size, spec, shape, order=None):
     codes, scales = np.asarray(codes), np.asarray(scales)
     if codes.dtype != np.int8 or codes.shape != tuple(shape):
         _fail(name, f"codes must be int8 of shape {tuple(shape)}, got {codes.dtype} {codes.shape}")
-    if scales.dtype not in SCALE_TYPES:
+    if scales.dtype not in SCALE_PART_TYPES:
         _fail(name, f"scales must be float16 or float32, got {scales.dtype}")
     if not np.all(np.isfinite(scales)):
         _fail(name, "scales contain NaN or Inf")
@@ -116,9 +109,9 @@ def _block_parts(name, codes, scales, group_size, spec, shape, order=None):
         if len(shape) != 2 or g <= 0 or shape[1] % g or scales.size != rows * (shape[1] // g):
             _fail(name, f"group size {group_size} does not fit shape {shape} with {scales.size} scales")
         s_in = scales.reshape(rows, shape[1] // g)
-    block = {"c": None, "k": None, "f": SCALE_TYPES[scales.dtype]}
+    block = {CODES: None, SCALES: None, SCALE_TYPE: SCALE_PART_TYPES[scales.dtype]}
     if g:
-        block["g"] = g
+        block[GROUP] = g
     stored = codes
     if order is not None:
         order = np.asarray(order, dtype=np.int64)
@@ -126,11 +119,11 @@ def _block_parts(name, codes, scales, group_size, spec, shape, order=None):
             _fail(name, f"row_order must be a permutation of {rows} rows")
         stored = codes[order]
     if spec.transpose:
-        block["t"] = 1
-    parts = [("c", spec, codecs.array_transform(spec, stored))]
+        block[TRANSPOSED] = 1
+    parts = [(CODES, spec, codecs.array_transform(spec, stored))]
     if order is not None:
-        parts.append(("o", None, order.astype("<u2" if rows <= 65536 else "<u4")))
-    parts.append(("k", None, np.ascontiguousarray(scales, scales.dtype.newbyteorder("<"))))
+        parts.append((ROW_ORDER, None, order.astype(PART_TYPES["u2" if rows <= ROW_ORDER_U2_MAX_ROWS else "u4"])))
+    parts.append((SCALES, None, np.ascontiguousarray(scales, scales.dtype.newbyteorder("<"))))
     w = dequantize(codes, s_in, g if g > 0 else None)
     return block, parts, w
 
@@ -139,28 +132,29 @@ def _entry_parts(e: TensorEntry):
     """(manifest dict, [(block dict, key, spec, stream group, array)], float32 weights)."""
     shape = tuple(int(d) for d in e.shape)
     label = str(e.dtype).replace("torch.", "")
-    if label not in DTYPE_LABELS:
+    if label not in ORIGINAL_DTYPES:
         _fail(e.name, f"unsupported original dtype {e.dtype!r}")
-    t = {"n": e.name, "s": list(shape), "d": label}
+    t = {NAME: e.name, SHAPE: list(shape), DTYPE: label}
     own = e.stream or f"tensor:{e.name}"
     if e.passthrough is not None:
         v = np.asarray(e.passthrough)
-        if v.dtype not in PASS_TYPES or v.shape != shape:
+        if v.dtype not in PASSTHROUGH_PART_TYPES or v.shape != shape:
             _fail(e.name, f"passthrough must be float16/float32/uint16(bf16) of shape {shape}")
-        kind = PASS_TYPES[v.dtype]
-        w = (v.astype(np.uint32) << 16).view(np.float32) if kind == "b2" else v.astype(np.float32)
+        kind = PASSTHROUGH_PART_TYPES[v.dtype]
+        w = bf16_to_float32(v) if kind == "b2" else v.astype(np.float32)
         if not np.all(np.isfinite(w)):
             _fail(e.name, "passthrough values contain NaN or Inf")
-        t["p"] = [None, kind]
+        t[PASSTHROUGH] = [None, kind]
         spec = codecs.parse_codec(e.codec)
-        return t, [(t["p"], 0, spec, e.stream or "passthrough", np.ascontiguousarray(v, v.dtype.newbyteorder("<")))], w
+        return t, [(t[PASSTHROUGH], 0, spec, e.stream or "passthrough",
+                    np.ascontiguousarray(v, v.dtype.newbyteorder("<")))], w
     if e.codes is None or e.scales is None:
         _fail(e.name, "needs codes and scales, or passthrough values")
     scale_spec = codecs.parse_codec(e.scales_codec)
     block, parts, w = _block_parts(e.name, e.codes, e.scales, e.group_size, e.codec, shape, e.row_order)
-    t["b"] = e.bits if e.bits is not None else int(np.abs(e.codes.astype(np.int16)).max(initial=0)).bit_length() + 1
-    t["q"] = block
-    out = [(block, k, spec or scale_spec, own if k == "c" else "side", a) for k, spec, a in parts]
+    t[BITS] = e.bits if e.bits is not None else int(np.abs(e.codes.astype(np.int16)).max(initial=0)).bit_length() + 1
+    t[QUANT] = block
+    out = [(block, k, spec or scale_spec, own if k == CODES else "side", a) for k, spec, a in parts]
     if e.lqer is not None:
         if len(shape) != 2 or len(e.lqer) != 2:
             _fail(e.name, "LQER needs a 2-D tensor and two factors (A, B)")
@@ -170,10 +164,10 @@ def _entry_parts(e: TensorEntry):
             if len(fs) != 2 or any(d is not None and d != s for d, s in zip(fshape, fs)):
                 _fail(e.name, f"LQER factor shape {fs} does not fit {shape}")
             fb, fparts, fw = _block_parts(e.name, f.codes, f.scales, f.group_size, f.codec, fs)
-            fb["s"] = list(fs)
+            fb[SHAPE] = list(fs)
             factors.append(fw)
-            t.setdefault("l", []).append(fb)
-            out += [(fb, k, spec or scale_spec, "lqer" if k == "c" else "side", a) for k, spec, a in fparts]
+            t.setdefault(LQER, []).append(fb)
+            out += [(fb, k, spec or scale_spec, "lqer" if k == CODES else "side", a) for k, spec, a in fparts]
         if factors[0].shape[1] != factors[1].shape[0]:
             _fail(e.name, "LQER factors disagree on the rank")
         w = apply_lqer(w.reshape(shape), *factors)
@@ -195,7 +189,7 @@ def build_blob(entries) -> bytes:
             slot = streams.setdefault((spec.stream_codec, group), [len(streams), []])
             slot[1].append(array)
             block[key] = slot[0]
-        t["h"] = tensor_hash(w)
+        t[HASH] = tensor_hash(w)
         tensors.append(t)
     table, data = [], []
     for (stream_codec, _), (_, arrays) in streams.items():
@@ -203,7 +197,7 @@ def build_blob(entries) -> bytes:
         comp = codecs.compress_stream(stream_codec, raw)
         table.append([stream_codec, len(raw), len(comp)])
         data.append(comp)
-    manifest = json.dumps({"S": table, "T": tensors}, separators=(",", ":")).encode()
+    manifest = json.dumps({STREAMS: table, TENSORS: tensors}, separators=(",", ":")).encode()
     c = zlib.compressobj(9, zlib.DEFLATED, -15)
     packed = c.compress(manifest) + c.flush()
     head = MAGIC + bytes([VERSION]) + len(packed).to_bytes(4, "little") + len(manifest).to_bytes(4, "little")
@@ -214,23 +208,7 @@ def build_blob(entries) -> bytes:
 
 def write_artifact(entries, path) -> int:
     """Write the blob atomically (complete or not at all); return its size in bytes."""
-    blob = build_blob(entries)
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".artifact-")
-    except OSError as e:
-        raise ArtifactError(f"{path}: cannot write artifact: {e.strerror or e}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-        os.replace(tmp, path)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise ArtifactError(f"{path}: cannot write artifact: {e.strerror or e}") from None
-        raise
-    return len(blob)
+    return atomic_write(path, build_blob(entries))
 
 
 def _load(blob_or_path):
@@ -262,11 +240,11 @@ def read_manifest_checked(blob_or_path):
 
 
 def _scheme(t):
-    if "p" in t:
-        return {"f2": "fp16", "f4": "fp32", "b2": "bf16"}[t["p"][1]]
-    g = t["q"].get("g", 0)
-    base = f"int{t['b']} " + ("per-tensor" if g < 0 else "per-row" if g == 0 else f"group {g}")
-    return base + (f" +LQER r{t['l'][0]['s'][1]}" if "l" in t else "")
+    if PASSTHROUGH in t:
+        return {"f2": "fp16", "f4": "fp32", "b2": "bf16"}[t[PASSTHROUGH][1]]
+    g = t[QUANT].get(GROUP, 0)
+    base = f"int{t[BITS]} " + ("per-tensor" if g < 0 else "per-row" if g == 0 else f"group {g}")
+    return base + (f" +LQER r{t[LQER][0][SHAPE][1]}" if LQER in t else "")
 
 
 def inspect(blob_or_path) -> dict:
@@ -276,27 +254,28 @@ def inspect(blob_or_path) -> dict:
     bytes (`shared` marks rows with any such part)."""
     blob, _ = _load(blob_or_path)
     m, data_at = read_manifest_checked(blob)
-    S = m["S"]
+    S = m[STREAMS]
     rows = []
-    for t in m["T"]:
+    for t in m[TENSORS]:
         parts = tensor_parts(t, S)
-        kinds = (["c"] if "p" in t else ["c"] + (["o"] if "o" in t["q"] else []) + ["k"]) + [
-            k for f in t.get("l", []) for k in ["l"] * (2 + ("o" in f))
+        q = t.get(QUANT, {})
+        kinds = ([CODES] if PASSTHROUGH in t else [CODES] + ([ROW_ORDER] if ROW_ORDER in q else []) + [SCALES]) + [
+            k for f in t.get(LQER, []) for k in [LQER] * (2 + (ROW_ORDER in f))
         ]
-        got = {"c": 0.0, "k": 0.0, "o": 0.0, "l": 0.0}
+        got = {CODES: 0.0, SCALES: 0.0, ROW_ORDER: 0.0, LQER: 0.0}
         shared = False
         for kind, (s, dt, shape) in zip(kinds, parts):
-            raw = math.prod(shape) * int(dt[-1])
+            raw = math.prod(shape) * int(PART_TYPES[dt][-1])
             got[kind] += S[s][2] * raw / S[s][1] if S[s][1] else 0.0
             shared |= raw != S[s][1]
-        n = math.prod(t["s"])
+        n = math.prod(t[SHAPE])
         total = sum(got.values())
         codec_name = S[parts[0][0]][0]
         rows.append(
-            {"name": t["n"], "shape": t["s"], "dtype": t["d"], "scheme": _scheme(t), "bits": t.get("b"),
-             "codec": ("transpose+" if t.get("q", {}).get("t") else "") + codec_name, "params": n,
-             "codes_bytes": round(got["c"]), "scales_bytes": round(got["k"] + got["o"]),
-             "lqer_bytes": round(got["l"]), "bytes": round(total),
+            {"name": t[NAME], "shape": t[SHAPE], "dtype": t[DTYPE], "scheme": _scheme(t), "bits": t.get(BITS),
+             "codec": ("transpose+" if q.get(TRANSPOSED) else "") + codec_name, "params": n,
+             "codes_bytes": round(got[CODES]), "scales_bytes": round(got[SCALES] + got[ROW_ORDER]),
+             "lqer_bytes": round(got[LQER]), "bytes": round(total),
              "bits_per_weight": total * 8 / n if n else 0.0, "shared": shared}
         )
     stream_bytes = sum(s[2] for s in S)

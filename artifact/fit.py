@@ -18,14 +18,15 @@ returned. `dry_run` stops after the first solve (predicted bytes and loss only).
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
 
-from artifact.budget import Budget, _matches
+from artifact.budget import Budget, matches
 from artifact.container import build_blob
-from artifact.errors import ArtifactError, ConfigError
-from artifact.measure import Choice, Measurement, _read_json, _write_json, cache_key, pin_matches
+from artifact.runtime.errors import ArtifactError, ConfigError
+from artifact.runtime.files import atomic_write_json, read_json_or_none
+from artifact.measure import Choice, Measurement, cache_key, pin_matches
 from artifact.pack import PackResult, pack_state_dict
 from artifact.recipe import CalibrationConfig, Recipe, parse_recipe
 from artifact.solve import Solution, solve
@@ -55,11 +56,10 @@ class FitResult:
         return self.packed is None
 
 
-def counted_code_bytes(model_config: dict, eval_defaults: dict, ship_modules, budget: Budget,
-                       compact: bool = False) -> int:
+def counted_code_bytes(model_config: dict, eval_defaults: dict, budget: Budget, compact: bool = False) -> int:
     """Bytes of the shipped files other than the blob that `budget` counts."""
-    files = plan_files([], model_config, eval_defaults, ship_modules, compact, blob=b"")
-    return sum(len(b) for rel, b in files.items() if rel != BLOB and not _matches(rel, budget.not_counted))
+    files = plan_files([], model_config, eval_defaults, compact, blob=b"")
+    return sum(len(b) for rel, b in files.items() if rel != BLOB and not matches(rel, budget.not_counted))
 
 
 def recipe_data(choices: dict[str, str], calibration: dict | None = None, lqer_codec: str = "ans",
@@ -182,22 +182,23 @@ def reference_residual(state_dict, measurement: Measurement, hessians, calibrati
     if measurement.cache_dir is not None:  # a second fit from the same measurement skips this pack
         key = cache_key(measurement.checkpoint_hash, calibration, cheapest, g.scales_codec, g.lqer_codec)
         path = Path(measurement.cache_dir) / f"residual-{key}.json"
-        stored = _read_json(path)
+        stored = read_json_or_none(path)
         if stored and isinstance(stored.get("residual"), int):
             return stored["residual"]
     packer = packer or _Packer(state_dict, measurement, hessians, calibration)
     _, blob, _ = packer.pack(cheapest)
     residual = len(blob) - _chosen_bytes(measurement, cheapest)
     if path is not None:
-        _write_json(path, {"residual": residual})
+        atomic_write_json(path, {"residual": residual})
     return residual
 
 
 def fit(state_dict, measurement: Measurement, budget: Budget, code_bytes: int, hessians,
         pins: dict[str, str] | None = None, dry_run: bool = False, calibration: dict | None = None,
-        progress: bool = True) -> FitResult:
+        log: Callable[[str], None] | None = None) -> FitResult:
     """Choose a candidate per tensor so blob + code ≤ budget at the lowest predicted loss, and
-    (unless `dry_run`) pack it, repairing the choice until the real blob fits."""
+    (unless `dry_run`) pack it, repairing the choice until the real blob fits. `log` hears one
+    line per pack round."""
     names, cands = measurement.solver_input()
     pin_of = _pin_predicates(pins, measurement)
     packer = _Packer(state_dict, measurement, hessians, calibration)
@@ -219,9 +220,9 @@ def fit(state_dict, measurement: Measurement, budget: Budget, code_bytes: int, h
         real_residual = len(blob) - _chosen_bytes(measurement, choices)
         rounds.append({"round": r + 1, "residual_assumed": residual, "predicted_total": predicted,
                        "real_total": real, "real_residual": real_residual, "predicted_loss": sol.total_loss})
-        if progress:
-            print(f"fit: round {r + 1}: predicted {predicted:,} B, real {real:,} B (limit {budget.bytes:,}), "
-                  f"predicted Δloss {sol.total_loss:.5f}", file=sys.stderr, flush=True)
+        if log is not None:
+            log(f"fit: round {r + 1}: predicted {predicted:,} B, real {real:,} B (limit {budget.bytes:,}), "
+                f"predicted Δloss {sol.total_loss:.5f}")
         if real <= budget.bytes and (best is None or sol.total_loss < best.predicted_loss):
             best = FitResult(choices, sol, recipe, code_bytes, predicted, sol.total_loss, real, len(blob), packed)
         if real > budget.bytes:  # take the overshoot off the solver's budget

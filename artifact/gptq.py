@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from artifact.errors import ConfigError
+from artifact.runtime.errors import ConfigError
 from artifact.quant import Quantized, QuantSpec, quantize_tensor
 
 
@@ -97,7 +97,7 @@ def _round(x: Tensor, s: Tensor, q: Quantized, spec: QuantSpec) -> Tensor:
     """The scheme's rounding of x on the fixed grid s (codes as float)."""
     if q.scheme == "binary":
         return torch.where(x < 0, -1.0, 1.0)
-    return spec.grid.codes(x, s)
+    return spec.code_grid.codes(x, s)
 
 
 def _error_feedback(W: Tensor, S: Tensor, U: Tensor, q: Quantized, spec: QuantSpec, block: int) -> Tensor:

@@ -23,7 +23,7 @@ from typing import Iterable
 import torch
 from torch import Tensor
 
-from artifact.errors import ConfigError
+from artifact.runtime.errors import ConfigError
 from artifact.quant import Quantized, QuantSpec, quantize_tensor, weighted_error
 
 # The best record's factor packing: A int2, one scale per matrix; B int4 in groups of 64.

@@ -47,8 +47,6 @@ import math
 import multiprocessing
 import os
 import signal
-import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -60,8 +58,12 @@ import torch
 from torch import Tensor
 
 from artifact import codec as codecs
-from artifact.errors import ConfigError
 from artifact.lqer import RECORD_FACTORS, lqer_ranks
+from artifact.pack import quantize_planned
+from artifact.recipe import parse_recipe
+from artifact.runtime.errors import ConfigError
+from artifact.runtime.files import atomic_write_json, read_json_or_none
+from artifact.runtime.progress import Progress
 
 MEASURE_VERSION = 3  # 3: calibration marks tables no linear layer reads
 DEFAULT_SCALES_CODEC = "deinterleave2+brotli-11"
@@ -221,25 +223,6 @@ def cache_key(*parts) -> str:
     return hashlib.sha256(json.dumps([MEASURE_VERSION, *parts], sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None  # missing or torn: measure again
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, sort_keys=True)
-        os.replace(tmp, path)  # atomic: an interrupted fit leaves whole files only
-    except BaseException:  # Ctrl-C mid-write included: no torn or stray files
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # ----------------------------------------------------------------------------- one candidate
 
 def quantizable(name: str, t: Tensor, min_numel: int) -> bool:
@@ -260,12 +243,9 @@ def _one_thread():
 
 def _quantize(name: str, w: Tensor, bits: int, clip: str, gptq: bool, hessian: Tensor | None, prune: float = 0.0):
     """Codes as `pack_state_dict` makes them for this choice (its own code path)."""
-    from artifact.pack import _quantize as pack_quantize
-    from artifact.recipe import parse_recipe
-
     rule = {"match": [name], "bits": bits, "clip": clip, "gptq": gptq, "prune": prune}
     plan = parse_recipe({"name": "measure", "rules": [rule]}).plan({name: w})[name]
-    return pack_quantize(name, w, plan, {name: hessian} if hessian is not None else None, "measure")
+    return quantize_planned(name, w, plan, {name: hessian} if hessian is not None else None, "measure")
 
 
 def distortion(w: Tensor, w_hat: Tensor, h32: Tensor | None) -> float:
@@ -413,14 +393,15 @@ def default_jobs() -> int:
 
 def measure(state_dict: dict[str, Tensor], hessians: dict[str, Tensor], grid: Grid | None = None,
             probe_loss: Callable[[dict[str, Tensor]], float] | None = None, calibration: dict | None = None,
-            cache_dir: str | Path | None = None, progress: bool = True, jobs: int = 1) -> Measurement:
+            cache_dir: str | Path | None = None, progress: Progress | None = None, jobs: int = 1) -> Measurement:
     """Measure every quantizable tensor of `state_dict` over `grid` (None: `default_grid`).
 
     hessians: {weight name: X^T X} (the tied embedding under its own name); probe_loss(replaced)
     → the model's mean loss on calibration tokens with the `replaced` tensors swapped in ({} =
     the original); None skips the probes (sensitivity 1: distortion alone ranks). calibration:
     the calibration settings (they are part of the cache key). jobs: worker processes (1: in
-    this process); the figures and cache files are identical for any value."""
+    this process); the figures and cache files are identical for any value. `progress(done,
+    total, note)` hears each tensor as it is stored."""
     t0 = time.perf_counter()
     grid = grid or default_grid(state_dict)
     if not isinstance(jobs, int) or jobs < 1:
@@ -434,7 +415,7 @@ def measure(state_dict: dict[str, Tensor], hessians: dict[str, Tensor], grid: Gr
     for name in names:
         key = cache_key(ckpt, calibration, name, grid.scales_codec, grid.lqer_codec)
         path = cache / f"{key}.json" if cache else None
-        data = (_read_json(path) if path else None) or {}
+        data = (read_json_or_none(path) if path else None) or {}
         cands, skipped = dict(data.get("candidates", {})), set(data.get("skipped", []))
         probes = dict(data.get("probes", {}))
         stored[name] = (path, cands, skipped, probes)
@@ -448,9 +429,8 @@ def measure(state_dict: dict[str, Tensor], hessians: dict[str, Tensor], grid: Gr
             state["done"] += 1
     for result in _run_jobs(jobs_todo, jobs):
         _store(result, stored, grid, probe_loss, state)
-        if progress:
-            print(f"measure: {state['done']}/{len(names)} {result[0]} ({result[3]} measured) "
-                  f"{time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
+        if progress is not None:
+            progress(state["done"], len(names), f"{result[0]} ({result[3]} measured)")
     tensors: dict[str, TensorMeasure] = {}
     total = 0
     for name in names:
@@ -495,7 +475,7 @@ def _store(result: tuple, stored: dict, grid: Grid, probe_loss, state: dict) -> 
     state["measured"] += count
     state["done"] += 1
     if path is not None:
-        _write_json(path, {"name": name, "candidates": cands, "probes": probes, "skipped": list(skipped)})
+        atomic_write_json(path, {"name": name, "candidates": cands, "probes": probes, "skipped": list(skipped)})
 
 
 def _set_sensitivities(tensors: dict[str, TensorMeasure]) -> None:

@@ -32,13 +32,14 @@ from torch import Tensor
 from artifact import codec as codecs
 from artifact.calibrate import batches_from_tokens, collect_hessians, generate_calibration
 from artifact.container import QuantBlock, TensorEntry, bf16_bits, build_blob
-from artifact.decoder import apply_lqer, dequantize
-from artifact.errors import ConfigError, DataError
+from artifact.runtime.decoder import apply_lqer, dequantize
+from artifact.runtime.errors import ConfigError, DataError
 from artifact.gptq import gptq_quantize
 from artifact.lqer import LowRank, lqer, select_targets
 from artifact.prune import magnitude_prune, prune_to_size
 from artifact.quant import Quantized, check_finite, quantize_tensor, weighted_error
 from artifact.recipe import Recipe, TensorPlan
+from artifact.runtime.progress import Progress
 
 QUANTIZED_SCHEMES = ("per_row", "per_tensor", "ternary", "binary")
 
@@ -75,7 +76,7 @@ def recipe_needs_hessians(recipe: Recipe) -> bool:
 
 def calibrate_for_recipe(model: torch.nn.Module, recipe: Recipe, train_tokens=None,
                          output_input_fn: Callable[[Tensor], Tensor] | None = None,
-                         progress: Callable[[int], None] | None = None) -> dict[str, Tensor | None]:
+                         progress: Progress | None = None) -> dict[str, Tensor | None]:
     """Hessians (X^T X per linear weight name, the tied embedding under the recipe's
     `output_key` via `output_input_fn`) from the recipe's calibration tokens: windows of
     `train_tokens` (source "train"; e.g. a train shard's memmap) or sequences the model samples
@@ -105,8 +106,8 @@ def pack_state_dict(state_dict: dict[str, Tensor], recipe: Recipe, hessians=None
     """Pack every tensor of `state_dict` under `recipe`.
 
     `hessians`: {weight name: X^T X} (a dict or `calibrate.Hessians`), required when the recipe
-    needs them (`recipe_needs_hessians`). `progress`: a `cliutil.Progress` (its `update(done,
-    extra)` is called) or a callable `progress(done, total, name)`. `predict_sizes=False`
+    needs them (`recipe_needs_hessians`). `progress(done, total, name)` hears each tensor.
+    `predict_sizes=False`
     skips the per-tensor byte predictions (rows then hold None) for speed."""
     plans = recipe.plan(state_dict)
     for name, t in state_dict.items():  # fail before any work on a bad checkpoint
@@ -120,7 +121,7 @@ def pack_state_dict(state_dict: dict[str, Tensor], recipe: Recipe, hessians=None
     packed: dict[str, _Packed] = {}
     for i, (name, plan) in enumerate(plans.items()):
         w = state_dict[name].detach().cpu()
-        packed[name] = _Packed(plan, w, _quantize(name, w, plan, hessians, recipe.name))
+        packed[name] = _Packed(plan, w, quantize_planned(name, w, plan, hessians, recipe.name))
         report(i + 1, name)
     targets = _apply_lqer(packed, recipe, hessians) if recipe.lqer is not None else []
     pm1 = _apply_pm1(packed, recipe) if recipe.prune_pm1 and recipe.prune_pm1.target_bytes else 0
@@ -138,11 +139,9 @@ def _check_finite(t: Tensor, name: str) -> None:
         check_finite(t, name)
 
 
-def _reporter(progress, total: int):
+def _reporter(progress: Progress | None, total: int):
     if progress is None:
         return lambda done, name: None
-    if hasattr(progress, "update"):
-        return lambda done, name: progress.update(done, name)
     return lambda done, name: progress(done, total, name)
 
 
@@ -150,7 +149,7 @@ def _hessian(hessians, name: str) -> Tensor | None:
     return None if hessians is None else hessians.get(name)
 
 
-def _quantize(name: str, w: Tensor, plan: TensorPlan, hessians, recipe_name: str) -> Quantized:
+def quantize_planned(name: str, w: Tensor, plan: TensorPlan, hessians, recipe_name: str) -> Quantized:
     """Prune → clip/scale → GPTQ or round-to-nearest, for one tensor."""
     spec = plan.spec
     if spec.scheme not in QUANTIZED_SCHEMES:  # passthrough and the baseline's own rule

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from artifact.errors import ConfigError
+from artifact.runtime.errors import ConfigError
 from artifact.quant import Quantized
 
 

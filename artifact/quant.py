@@ -2,7 +2,7 @@
 
 A tensor goes in with a `QuantSpec` (scheme, bits, clip rule, group size); a `Quantized` comes
 out: int8 codes, their scales exactly as they will be stored (fp16 per row or per group, or a
-0-d fp32 per tensor), and a little metadata. Dequantization is `artifact.decoder.dequantize`,
+0-d fp32 per tensor), and a little metadata. Dequantization is `artifact.runtime.decoder.dequantize`,
 the function the shipped decoder and the trainer's QAT also use, so the weights measured here
 are the weights a submission decodes. Quantization always divides by the scale *as stored*
 (fp16-rounded), so `w_hat = q * s` is exactly what the decoder reproduces.
@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from artifact.decoder import dequantize
-from artifact.errors import CheckpointError, ConfigError
+from artifact.runtime.decoder import dequantize
+from artifact.runtime.errors import CheckpointError, ConfigError
 
 INT_SCHEMES = ("per_row", "per_tensor")
 SCHEMES = ("per_row", "per_tensor", "ternary", "binary", "fp16", "fp32", "raw", "baseline_int8")
@@ -147,17 +147,17 @@ class QuantSpec:
             raise ConfigError(f"quant spec: scale_dtype {self.scale_dtype!r} must be 'fp16' or 'fp32'")
 
     @property
-    def grid(self) -> "Grid":
+    def code_grid(self) -> "CodeGrid":
         """The code range and the number of steps a clip value spans."""
         dtype = torch.float32 if (self.scale_dtype or ("fp32" if self.scheme == "per_tensor" else "fp16")) == "fp32" else torch.float16
         r = 1 if self.scheme in ("ternary", "binary") else code_range(self.bits)
         if self.asymmetric:
-            return Grid(-(r + 1), r, r + 0.5, dtype)
-        return Grid(-r, r, float(r), dtype)
+            return CodeGrid(-(r + 1), r, r + 0.5, dtype)
+        return CodeGrid(-r, r, float(r), dtype)
 
 
 @dataclass(frozen=True)
-class Grid:
+class CodeGrid:
     """Codes lie in [lo, hi]; scale = clip / steps, stored as `dtype`."""
 
     lo: int
@@ -257,7 +257,7 @@ def _hessian_row_factor(w2: Tensor, hessian: Tensor, lam: float) -> Tensor:
     return (1.0 + lam * (r - 1.0)).clamp_min(1e-3)
 
 
-def _quantize_with_clip(w2: Tensor, clip: Tensor, grid: Grid) -> tuple[Tensor, Tensor]:
+def _quantize_with_clip(w2: Tensor, clip: Tensor, grid: CodeGrid) -> tuple[Tensor, Tensor]:
     """Codes and stored scales for rows of w2 given each row's clip; divides by the stored scale."""
     scale = grid.scales(clip)
     return grid.codes(w2, scale[:, None]).to(torch.int8), scale
@@ -269,7 +269,7 @@ def _fp16_scales(scale: Tensor) -> Tensor:
     return scale.to(torch.float16)
 
 
-def _search_clip(w2: Tensor, rule: ClipRule, grid: Grid, hessian: Tensor | None,
+def _search_clip(w2: Tensor, rule: ClipRule, grid: CodeGrid, hessian: Tensor | None,
                  col_weight: Tensor | None) -> tuple[Tensor, dict[str, Any]]:
     """Try each candidate quantile; keep the lowest (weighted) error per row or per matrix."""
     a = w2.abs()
@@ -289,7 +289,7 @@ def _search_clip(w2: Tensor, rule: ClipRule, grid: Grid, hessian: Tensor | None,
     return clips_t.gather(0, best_rows[None])[0], {"chosen_q_counts": dict(zip(map(str, rule.candidates), counts))}
 
 
-def clip_values(w2: Tensor, rule: ClipRule, grid: Grid, hessian: Tensor | None = None,
+def clip_values(w2: Tensor, rule: ClipRule, grid: CodeGrid, hessian: Tensor | None = None,
                 col_weight: Tensor | None = None) -> tuple[Tensor, dict[str, Any]]:
     """One clip per row of the 2-D float32 `w2` under `rule` (searches quantize on `grid`),
     plus metadata about the choice."""
@@ -328,7 +328,7 @@ def _check_hessian(hessian: Tensor | None, cols: int, name: str) -> None:
 def _quantize_int(w: Tensor, spec: QuantSpec, hessian: Tensor | None, name: str) -> Quantized:
     w2 = _as_rows(w.float())
     rows, cols = w2.shape
-    grid = spec.grid
+    grid = spec.code_grid
     meta: dict[str, Any] = {"clip": spec.clip.to_dict()}
     if spec.asymmetric:
         meta["asymmetric"] = True
@@ -352,7 +352,7 @@ def _quantize_int(w: Tensor, spec: QuantSpec, hessian: Tensor | None, name: str)
     return Quantized(q.reshape(rows, cols), s.reshape(rows, groups), spec.group_size, spec.bits, "per_row", {**meta, **info})
 
 
-def _grouped_clip(g2: Tensor, rule: ClipRule, grid: Grid, col_weight: Tensor | None) -> tuple[Tensor, dict]:
+def _grouped_clip(g2: Tensor, rule: ClipRule, grid: CodeGrid, col_weight: Tensor | None) -> tuple[Tensor, dict]:
     # Groups are rows of g2; a search weighs each column by diag(H) (the diagonal
     # approximation: a full e H e^T does not split across groups).
     if rule.kind != "search":
@@ -375,7 +375,7 @@ def _grouped_clip(g2: Tensor, rule: ClipRule, grid: Grid, col_weight: Tensor | N
     return best_clip, info
 
 
-def _tensor_clip(w2: Tensor, rule: ClipRule, grid: Grid, hessian: Tensor | None) -> tuple[Tensor, dict]:
+def _tensor_clip(w2: Tensor, rule: ClipRule, grid: CodeGrid, hessian: Tensor | None) -> tuple[Tensor, dict]:
     """One clip for the whole tensor (0-d): the rules of `clip_values` over all its elements."""
     a = w2.abs().reshape(-1)
     if rule.kind == "hsdclip":
@@ -402,9 +402,9 @@ def _quantize_ternary_binary(w: Tensor, spec: QuantSpec, name: str) -> Quantized
     g = spec.group_size or cols
     groups = _check_groups(cols, g, name)
     g2 = w2.reshape(rows * groups, g)
-    s16 = spec.grid.scales(g2.abs().mean(dim=1))  # grid steps = 1: the scale is the absmean
+    s16 = spec.code_grid.scales(g2.abs().mean(dim=1))  # grid steps = 1: the scale is the absmean
     if spec.scheme == "ternary":
-        q = spec.grid.codes(g2, s16[:, None])
+        q = spec.code_grid.codes(g2, s16[:, None])
     else:
         q = torch.where(g2 < 0, -1.0, 1.0)
     codes = q.to(torch.int8).reshape(w.shape)

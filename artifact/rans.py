@@ -1,4 +1,4 @@
-"""Encoder side of the order-0 rANS entropy coder (the decoder lives in `artifact/decoder.py`).
+"""Encoder side of the order-0 rANS entropy coder (the decoder: `artifact.runtime.decoder`).
 
 Stream layout (all little-endian), for n > 0 symbols; n itself comes from the manifest:
 
@@ -21,7 +21,9 @@ The size is EXACT without writing anything: `rans_size` runs the same kernel in 
 import numba
 import numpy as np
 
-STATE_LOW = 1 << 31  # L: the state never falls below it between symbols
+from artifact.runtime.format import ANS_LOW
+
+STATE_LOW = ANS_LOW  # L: the state never falls below it between symbols
 MAX_SCALE = 16
 MIN_SCALE = 8
 HEADER_BYTES = 4

@@ -61,14 +61,14 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from artifact.codec import parse_codec
-from artifact.cliutil import find_named_toml, named_toml_files
-from artifact.errors import CheckpointError, ConfigError
+from artifact.runtime.config import build_dataclass, check_keys, typed_value
+from artifact.runtime.errors import CheckpointError, ConfigError
+from artifact.runtime.files import find_named_toml, named_toml_files, read_toml
 from artifact.gptq import GPTQConfig
 from artifact.lqer import RECORD_FACTORS, SCALINGS
 from artifact.quant import (
@@ -195,6 +195,15 @@ class CalibrationConfig:
     seed: int = 0
     bos_id: int = 1
     output_key: str = "tok_emb.weight"
+
+    def __post_init__(self) -> None:
+        if self.source not in ("train", "self"):
+            raise ConfigError(f"source = {self.source!r} must be one of train, self")
+        for k in ("n_seqs", "seq_len", "batch_size"):
+            if getattr(self, k) < 1:
+                raise ConfigError(f"{k} = {getattr(self, k)} must be >= 1")
+        if self.offset < 0 or not self.temperature > 0:
+            raise ConfigError("offset must be >= 0 and temperature > 0")
 
 
 @dataclass(frozen=True)
@@ -332,15 +341,6 @@ def recipe_path(name_or_path: str | Path) -> Path:
     return find_named_toml(name_or_path, RECIPE_DIR, "recipe")
 
 
-def _read_toml(path: Path) -> dict:
-    try:
-        return tomllib.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read recipe ({exc})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: malformed TOML ({exc})") from None
-
-
 def merge_recipe_data(base: dict, child: dict) -> dict:
     """`child` on top of `base`: top-level values replace, tables merge key by key, a child's
     `rules` list replaces the parent's."""
@@ -354,7 +354,7 @@ def merge_recipe_data(base: dict, child: dict) -> dict:
 
 
 def _resolve(path: Path, seen: tuple[Path, ...] = ()) -> dict:
-    data = _read_toml(path)
+    data = read_toml(path, "recipe")
     parent = data.pop("extends", None)
     if parent is None:
         return data
@@ -410,9 +410,7 @@ def parse_recipe(data: dict, path: Path | None = None, default_name: str | None 
 # ------------------------------------------------------------------------------ validation helpers
 
 def _unknown(table: dict, known, where: str, section: str) -> None:
-    extra = sorted(set(table) - set(known))
-    if extra:
-        raise ConfigError(f"{where}: unknown key {extra[0]!r} in {section} (known: {', '.join(sorted(known))})")
+    check_keys(table, known, f"{where}: {section}")
 
 
 def _table(data: dict, key: str, where: str) -> dict:
@@ -423,16 +421,8 @@ def _table(data: dict, key: str, where: str) -> dict:
 
 
 def _get(table: dict, key: str, typ, where: str, default=None, section: str = ""):
-    """table[key] checked against `typ` (ints accepted for floats, bools never for ints)."""
-    if key not in table:
-        return default
-    value = table[key]
-    label = f"{where}: {section + ' ' if section else ''}{key}"
-    if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-        raise ConfigError(f"{label} = {value!r} should be a {typ.__name__}")
-    return value
+    """table[key] checked against `typ` (see config.typed_value), `default` when absent."""
+    return typed_value(table, key, typ, f"{where}:{' ' + section if section else ''}", default)
 
 
 def _globs(value, label: str) -> tuple[str, ...]:
@@ -616,15 +606,4 @@ def _parse_pm1(t, where: str) -> PrunePm1Config:
 
 
 def _parse_calibration(t: dict, where: str) -> CalibrationConfig:
-    section = "[calibration]"
-    known = {f for f in CalibrationConfig.__dataclass_fields__}
-    _unknown(t, known, where, section)
-    d = CalibrationConfig()
-    values = {k: _get(t, k, type(getattr(d, k)), where, getattr(d, k), section) for k in known}
-    _choice(values["source"], ("train", "self"), f"{where}: {section} source")
-    for k in ("n_seqs", "seq_len", "batch_size"):
-        if values[k] < 1:
-            raise ConfigError(f"{where}: {section} {k} = {values[k]} must be >= 1")
-    if values["offset"] < 0 or not values["temperature"] > 0:
-        raise ConfigError(f"{where}: {section} offset must be >= 0 and temperature > 0")
-    return CalibrationConfig(**values)
+    return build_dataclass(CalibrationConfig, t, f"{where}: [calibration]")

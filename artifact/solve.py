@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from artifact.errors import ConfigError
+from artifact.runtime.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -377,9 +377,9 @@ def random_instance(n_tensors: int, n_candidates: int, seed: int = 0) -> list[li
 
 
 def bench_solve(n_tensors: int = 100, n_candidates: int = 500, seed: int = 0,
-                fractions: Sequence[float] = (0.05, 0.2, 0.5)) -> float:
+                fractions: Sequence[float] = (0.05, 0.2, 0.5), log: Callable[[str], None] = print) -> float:
     """Time `solve` on a random instance at budgets a fraction of the way from the smallest to the
-    largest size; prints one line per budget and returns the slowest seconds."""
+    largest size; `log`s one line per budget and returns the slowest seconds."""
     inst = random_instance(n_tensors, n_candidates, seed)
     lo = sum(min(c.bytes for c in cs) for cs in inst)
     hi = sum(max(c.bytes for c in cs) for cs in inst)
@@ -388,11 +388,7 @@ def bench_solve(n_tensors: int = 100, n_candidates: int = 500, seed: int = 0,
         t0 = time.perf_counter()
         sol = solve(inst, int(lo + frac * (hi - lo)) + 50_000, fixed=50_000)
         worst = max(worst, time.perf_counter() - t0)
-        print(f"solve {n_tensors} tensors x {n_candidates} candidates, budget at {frac:.0%}: "
+        log(f"solve {n_tensors} tensors x {n_candidates} candidates, budget at {frac:.0%}: "
               f"{time.perf_counter() - t0:.3f} s (optimal={sol.optimal}, method={sol.method}, "
               f"gap={sol.total_loss - sol.lower_bound:.3g}, slack={sol.slack} bytes)")
     return worst
-
-
-if __name__ == "__main__":
-    bench_solve()

@@ -5,19 +5,20 @@ A submission is a folder that scores itself with nothing but its own files:
     model.blob            the artifact (artifact.container.build_blob)
     config.json           model config + eval defaults (seq_len; `ttt`: the test-time-training
                           settings, present only when the submission scores with TTT)
-    run.py                the entry point (artifact/shipped_run.py, copied verbatim)
-    artifact/..., train/...   copies of the project modules run.py imports, same layout,
-                          with an empty __init__.py per package
+    run.py                a launcher that runs `golf_runtime.run.main()`
+    golf_runtime/...      the runtime layer's modules that the run entry imports (computed from
+                          their imports: `runtime_sources`), ttt.py only with TTT settings
     submission.json       not shipped/counted: what was packed (recipe, checkpoint hash, sizes)
 
-The caller names the modules to ship (`ship_modules`), so the list lives in one place and this
-package never imports train/. With `compact=True` the entry and every shipped module go into a
-single self-extracting `run.py` instead: sources minified (docstrings dropped, re-printed with
-`ast`, checked to parse back to the same tree), compressed (the smaller of lzma and brotli),
-base85-embedded, served to `import` by a small in-memory finder. That stub is the file counted.
+With `compact=True` the launcher and every shipped module go into a single self-extracting
+`run.py` instead: sources minified (docstrings dropped, re-printed with `ast`, checked to parse
+back to the same tree), compressed (the smaller of lzma and brotli), base85-embedded, served to
+`import` by a small in-memory finder. That stub is the file counted.
 
-The folder is built in a temporary folder beside `out_dir` and renamed into place; an existing
-`out_dir` is replaced only when it is empty or a previous submission (its submission.json says so).
+The runtime layer imports itself relatively, so it runs under the short package name it ships
+as. The folder is built beside `out_dir` and swapped into place (artifact.runtime.files); an
+existing `out_dir` is replaced only when it is empty or a previous submission (its
+submission.json says so).
 """
 
 from __future__ import annotations
@@ -27,13 +28,11 @@ import base64
 import hashlib
 import json
 import lzma
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from artifact.container import build_blob
-from artifact.errors import ArtifactError, ConfigError
+from artifact.runtime.errors import ArtifactError, ConfigError
+from artifact.runtime.files import atomic_write, replace_folder
 
 FORMAT = "golf-submission"
 FORMAT_VERSION = 1
@@ -41,9 +40,19 @@ MARKER = "submission.json"
 BLOB = "model.blob"
 CONFIG = "config.json"
 ENTRY = "run.py"
-ENTRY_TEMPLATE = Path(__file__).resolve().with_name("shipped_run.py")
 RESERVED = {BLOB, CONFIG, ENTRY, MARKER}
-TTT_MODULE = "train/ttt.py"  # shipped exactly when config.json's eval section has a `ttt` table
+RUNTIME_DIR = Path(__file__).resolve().parent / "runtime"
+RUNTIME_PACKAGE = "golf_runtime"  # the name the runtime layer ships under
+RUN_MODULE = "run"  # the runtime module whose main() scores the submission
+TTT_MODULE = "ttt"  # shipped exactly when config.json's eval section has a `ttt` table
+# The launcher (the plain form's run.py; the compact stub runs it too): the folder goes first on
+# sys.path (verify runs `python -I`, which leaves it off), then the runtime's entry.
+LAUNCHER = f"""import os,sys
+D=os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0,D)
+from {RUNTIME_PACKAGE}.{RUN_MODULE} import main
+sys.exit(main(folder=D))
+"""
 
 
 # ----------------------------------------------------------------------------- sources
@@ -56,20 +65,50 @@ def _read_source(path: Path) -> bytes:
     return data
 
 
-def _module_sources(ship_modules) -> dict[str, bytes]:
-    """rel path -> bytes of every shipped module, plus an empty __init__.py per package."""
-    sources: dict[str, bytes] = {}
-    for src, rel in ship_modules:
-        rel = Path(rel).as_posix()
-        if rel in RESERVED or rel.startswith(("/", "../")) or "/../" in rel or not rel.endswith(".py"):
-            raise ConfigError(f"cannot ship {src} as {rel!r}: needs a relative .py path inside the folder")
-        if rel in sources:
-            raise ConfigError(f"module {rel!r} is listed twice in the shipped modules")
-        sources[rel] = _read_source(src)
-    for rel in list(sources):
-        parts = rel.split("/")[:-1]
-        for i in range(1, len(parts) + 1):
-            sources.setdefault("/".join(parts[:i]) + "/__init__.py", b"")
+def _module_level_imports(source: bytes, name: str) -> set[str]:
+    """Sibling modules a runtime module imports at module level (`from .x import …`)."""
+    found = set()
+    for node in ast.parse(source, name).body:
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            found.update([node.module] if node.module else [a.name for a in node.names])
+    return found
+
+
+def runtime_modules(ttt: bool = False) -> list[str]:
+    """Names of the runtime modules a submission ships: the run entry and everything it imports
+    at module level, transitively (+ the TTT module and its imports with `ttt`). Imports inside
+    functions are not followed: that is how the TTT module stays out of a plain submission."""
+    return runtime_closure([RUN_MODULE] + ([TTT_MODULE] if ttt else []))
+
+
+def runtime_closure(start) -> list[str]:
+    """`start` (runtime module names) and every runtime module they import at module level."""
+    todo, seen = list(start), set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        path = RUNTIME_DIR / f"{name}.py"
+        todo += sorted(_module_level_imports(_read_source(path), str(path)) - seen)
+    return sorted(seen)
+
+
+def write_runtime_package(folder: str | Path, start=("decoder",)) -> Path:
+    """Copy the runtime modules `start` needs into FOLDER/golf_runtime (e.g. to run the decoder
+    alone in a fresh process: `from golf_runtime.decoder import decode`); returns the package."""
+    package = Path(folder) / RUNTIME_PACKAGE
+    for name in runtime_closure(start):
+        atomic_write(package / f"{name}.py", _read_source(RUNTIME_DIR / f"{name}.py"))
+    atomic_write(package / "__init__.py", b"")
+    return package
+
+
+def runtime_sources(ttt: bool = False) -> dict[str, bytes]:
+    """rel path -> bytes of every shipped file of the runtime (its package, and the launcher)."""
+    sources = {f"{RUNTIME_PACKAGE}/{name}.py": _read_source(RUNTIME_DIR / f"{name}.py") for name in runtime_modules(ttt)}
+    sources[f"{RUNTIME_PACKAGE}/__init__.py"] = b""
+    sources[ENTRY] = LAUNCHER.encode()
     return dict(sorted(sources.items()))
 
 
@@ -148,13 +187,15 @@ def _json_bytes(obj, indent=None) -> bytes:
     return (json.dumps(obj, sort_keys=True, indent=indent, separators=sep, allow_nan=False) + "\n").encode()
 
 
-def plan_files(entries, model_config: dict, eval_defaults: dict, ship_modules, compact: bool = False,
+def plan_files(entries, model_config: dict, eval_defaults: dict, compact: bool = False,
                blob: bytes | None = None) -> dict[str, bytes]:
     """Every shipped file's bytes by relative path (the folder, minus submission.json)."""
     if not isinstance(model_config, dict) or not isinstance(eval_defaults, dict):
         raise ConfigError("model_config and eval_defaults must be dicts")
-    sources = {**_module_sources(ship_modules), ENTRY: _read_source(ENTRY_TEMPLATE)}
-    _check_ttt_shipped(eval_defaults, sources)
+    ttt = eval_defaults.get("ttt")
+    if ttt is not None and not isinstance(ttt, dict):
+        raise ConfigError("eval_defaults['ttt'] must be a dict of TTT settings")
+    sources = runtime_sources(ttt=ttt is not None)
     files = {BLOB: blob if blob is not None else build_blob(entries),
              CONFIG: _json_bytes({"model": model_config, "eval": eval_defaults})}
     if compact:
@@ -162,17 +203,6 @@ def plan_files(entries, model_config: dict, eval_defaults: dict, ship_modules, c
     else:
         files.update(sources)  # the modules exactly as they are in the project
     return dict(sorted(files.items()))
-
-
-def _check_ttt_shipped(eval_defaults: dict, sources: dict) -> None:
-    """A TTT setting needs the TTT module in the folder, and the module ships only with one (a
-    submission without TTT must not pay for its bytes)."""
-    has_ttt, ships_ttt = eval_defaults.get("ttt") is not None, TTT_MODULE in sources
-    if has_ttt and not isinstance(eval_defaults["ttt"], dict):
-        raise ConfigError("eval_defaults['ttt'] must be a dict of TTT settings")
-    if has_ttt != ships_ttt:
-        raise ConfigError(f"eval settings {'with' if has_ttt else 'without'} ttt but {TTT_MODULE} is "
-                          f"{'not ' if has_ttt else ''}among the shipped modules")
 
 
 def is_submission(folder: str | Path) -> bool:
@@ -194,44 +224,17 @@ def check_out_dir(out_dir) -> None:
                             f"(no {MARKER} of format {FORMAT!r}); refusing to overwrite it")
 
 
-def _write_tree(root: Path, files: dict[str, bytes]) -> None:
-    for rel, data in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-
-
-def _swap_into_place(tmp: Path, out_dir: Path) -> None:
-    """Rename the finished `tmp` to `out_dir`, moving a previous submission aside first."""
-    old = None
-    if out_dir.exists():
-        old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
-        os.replace(out_dir, old / "x")
-    try:
-        os.replace(tmp, out_dir)
-    except OSError:
-        if old is not None:
-            os.replace(old / "x", out_dir)
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def write_submission(out_dir, entries, model_config: dict, eval_defaults: dict, ship_modules,
-                     compact: bool = False, info: dict | None = None) -> dict:
+def write_submission(out_dir, entries, model_config: dict, eval_defaults: dict, compact: bool = False,
+                     info: dict | None = None) -> dict:
     """Write the submission folder `out_dir` atomically; return what was written.
 
-    `entries`: TensorEntry list for the blob; `model_config`: train.model.ModelConfig fields;
-    `eval_defaults`: e.g. {"seq_len": 1024}; `ship_modules`: [(source path, relative destination)]
-    of the project modules run.py needs; `info`: extra JSON-able facts for submission.json
-    (recipe, checkpoint hash, figures: keep them deterministic). Returns {"out_dir", "compact",
-    "files": [{"path", "bytes", "sha256"}], "blob_bytes", "shipped_bytes"}."""
+    `entries`: TensorEntry list for the blob; `model_config`: the runtime ModelConfig fields;
+    `eval_defaults`: e.g. {"seq_len": 1024} (a "ttt" table ships the TTT module); `info`: extra
+    JSON-able facts for submission.json (recipe, checkpoint hash, figures: keep them
+    deterministic). Returns {"out_dir", "compact", "files": [{"path", "bytes", "sha256"}],
+    "blob_bytes", "shipped_bytes"}."""
     out_dir = Path(out_dir)
-    files = plan_files(entries, model_config, eval_defaults, ship_modules, compact)
+    files = plan_files(entries, model_config, eval_defaults, compact)
     listing = [{"path": rel, "bytes": len(b), "sha256": hashlib.sha256(b).hexdigest()} for rel, b in files.items()]
     record = {"format": FORMAT, "version": FORMAT_VERSION, "compact": bool(compact), "entry": ENTRY,
               "files": listing, **(info or {})}
@@ -240,21 +243,11 @@ def write_submission(out_dir, entries, model_config: dict, eval_defaults: dict, 
     except (TypeError, ValueError) as e:
         raise ConfigError(f"submission info is not plain JSON: {e}") from None
     check_out_dir(out_dir)
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-    except OSError as e:
-        raise ArtifactError(f"{out_dir}: cannot create the submission folder: {e.strerror or e}") from None
-    try:
-        _write_tree(tmp, {**files, MARKER: marker})
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a submission folder is not
-        _swap_into_place(tmp, out_dir)
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError):
-            raise ArtifactError(f"{out_dir}: cannot write the submission: {e.strerror or e}") from None
-        raise
+
+    def build(tmp: Path) -> None:
+        for rel, data in {**files, MARKER: marker}.items():
+            atomic_write(tmp / rel, data)
+
+    replace_folder(out_dir, build)
     return {"out_dir": str(out_dir), "compact": bool(compact), "files": listing,
             "blob_bytes": len(files[BLOB]), "shipped_bytes": sum(len(b) for b in files.values())}

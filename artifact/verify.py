@@ -10,7 +10,7 @@
 4. checks run.py's JSON line: every tensor hash verified by the shipped decoder, as many tensors
    as the manifest holds, every imported project module loaded from inside the copy; when
    config.json configures test-time training (eval.ttt), a TTT score from the shipped
-   `train.ttt` over exactly the plain eval's targets and bytes;
+   TTT module over exactly the plain eval's targets and bytes;
 5. returns the verdict: `FITS total=… (code=… model=…) limit=… headroom=… val_bpb=…` or
    `OVER total=… limit=… over_by=… val_bpb=…`; val_bpb is the submission's score (the TTT
    figure when it has TTT, then followed by `plain_val_bpb=…`).
@@ -32,12 +32,14 @@ from pathlib import Path
 
 from artifact.budget import Budget, ByteCount, count_submission, resolve_budget
 from artifact.container import read_manifest_checked
-from artifact.errors import ArtifactError
-from artifact.submission import BLOB, CONFIG, ENTRY
+from artifact.runtime.errors import ArtifactError
+from artifact.runtime.format import TENSORS
+from artifact.submission import BLOB, CONFIG, ENTRY, RUNTIME_PACKAGE, TTT_MODULE
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PROJECT_PACKAGES = ("artifact", "train", "analysis")
-REQUIRED_MODULES = ("artifact.decoder", "train.model", "train.evaluate")
+REQUIRED_MODULES = tuple(f"{RUNTIME_PACKAGE}.{m}" for m in ("decoder", "model", "scoring"))
+SHIPPED_TTT = f"{RUNTIME_PACKAGE}.{TTT_MODULE}"
 DEFAULT_TIMEOUT_S = 3600.0
 
 # Runs in the fresh interpreter: argv = [-c, json guarded folders, entry args...]. A finder placed
@@ -133,7 +135,7 @@ def guarded_folders() -> list[str]:
     the verified run may come from them."""
     folders = [os.path.realpath(PROJECT_ROOT / p) for p in PROJECT_PACKAGES if (PROJECT_ROOT / p).is_dir()]
     for package in PROJECT_PACKAGES:
-        spec = importlib.util.find_spec(package)  # locates without importing (artifact needs no train/)
+        spec = importlib.util.find_spec(package)  # locates without importing it
         if spec is not None and spec.submodule_search_locations:
             folders += [os.path.realpath(p) for p in spec.submodule_search_locations]
     return sorted(set(folders))
@@ -200,7 +202,7 @@ def _configured_ttt(copy: Path) -> dict | None:
 
 
 def _check_ttt(result: dict, configured: dict | None) -> None:
-    """With TTT configured, run.py must report a TTT score from the shipped train.ttt over the
+    """With TTT configured, run.py must report a TTT score from the shipped TTT module over the
     very targets and bytes the plain eval scored; without, it must report none."""
     ttt = result.get("ttt")
     if configured is None:
@@ -215,8 +217,8 @@ def _check_ttt(result: dict, configured: dict | None) -> None:
     if (ttt["tokens"], ttt["bytes"]) != (result["tokens"], result["bytes"]):
         raise VerifyError(f"run.py's TTT run scored {ttt['tokens']} targets / {ttt['bytes']} bytes, its plain "
                           f"eval {result['tokens']} / {result['bytes']}")
-    if "train.ttt" not in result["modules"]:
-        raise VerifyError("run.py reported a TTT score without importing the shipped train.ttt")
+    if SHIPPED_TTT not in result["modules"]:
+        raise VerifyError(f"run.py reported a TTT score without importing the shipped {SHIPPED_TTT}")
 
 
 def _check_result(proc, result: dict | None, copy: Path, n_manifest: int) -> dict:
@@ -272,6 +274,6 @@ def _manifest_tensors(blob: Path) -> int | None:
     # A corrupt blob is left for the shipped decoder to reject in the fresh process (that is the
     # check being verified); the tensor count is only cross-checked when the manifest reads.
     try:
-        return len(read_manifest_checked(blob)[0]["T"])
+        return len(read_manifest_checked(blob)[0][TENSORS])
     except ArtifactError:
         return None

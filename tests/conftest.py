@@ -29,7 +29,7 @@ def sample_data(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("data") / "sample"
     sample = Path(__file__).parent / "data" / "sample"
-    build_dataset(sample, out, vocab_size=1024, val_docs=12, name="sample", shard_tokens=40_000, progress=False)
+    build_dataset(sample, out, vocab_size=1024, val_docs=12, name="sample", shard_tokens=40_000)
     return out
 
 
@@ -40,7 +40,8 @@ def small_data(tmp_path_factory):
     from pathlib import Path
 
     from train.bundled import BUNDLED_DATA
-    from train.shards import read_shard, write_shard
+    from artifact.runtime.shards import read_shard
+    from train.shard_writer import write_shard
 
     root = tmp_path_factory.mktemp("small") / "data"
     shutil.copytree(Path(BUNDLED_DATA) / "tokenizers", root / "tokenizers")

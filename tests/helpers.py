@@ -8,8 +8,8 @@ from train.bundled import BUNDLED_CHECKPOINT, BUNDLED_DATA
 @functools.lru_cache(maxsize=1)
 def bundled_model_and_tokens():
     """(bundled model, its bundled train tokens), or None when the bundle is absent."""
-    from train.checkpoint import load_checkpoint
-    from train.shards import load_tokens, resolve_data
+    from artifact.runtime.checkpoint import load_checkpoint
+    from artifact.runtime.shards import load_tokens, resolve_data
 
     if not (BUNDLED_CHECKPOINT / "model.pt").is_file():
         return None

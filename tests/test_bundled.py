@@ -6,8 +6,8 @@ import pytest
 
 from analysis.cli import main
 from train.bundled import BUNDLED_CHECKPOINT, BUNDLED_DIR, BUNDLED_FIGURES
-from train.checkpoint import load_checkpoint
-from train.model import baseline_state_dict_shapes
+from artifact.runtime.checkpoint import load_checkpoint
+from artifact.runtime.model import baseline_state_dict_shapes
 
 FIGURES = json.loads(BUNDLED_FIGURES.read_text())
 
@@ -43,7 +43,14 @@ def test_eval_of_the_bundled_checkpoint_reproduces_the_stored_figure(capsys):
     assert main(["eval", "--max-tokens", str(want["tokens"] + 1), "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
     assert got["tokens"] == want["tokens"] and got["bytes"] == want["bytes"]
-    assert got["val_bpb"] == pytest.approx(want["val_bpb"], rel=1e-9, abs=1e-9)
+    # The stored figure was computed on another machine. Token and byte counts are integers and
+    # must match exactly; the loss is a float32 forward pass (9 blocks) whose last bits depend on
+    # the CPU's kernels (AVX2 / AVX-512 / scalar, how reductions split over threads): each
+    # per-token loss moves by a few float32 ulps (eps 1.2e-7) and the mean over 32,768 targets
+    # far less (5e-9 relative seen between two x86-64 machines). 1e-6 relative (8 eps) allows
+    # that and still fails on any real change: a changed weight, byte rule or window moves the
+    # figure by more than 1e-4.
+    assert got["val_bpb"] == pytest.approx(want["val_bpb"], rel=1e-6)
     # And the model is far better than a unigram model on the same text.
     assert FIGURES["flat"]["val_bpb"] < 0.7 * FIGURES["unigram_bpb"]
 

@@ -1,4 +1,4 @@
-"""The byte rule of val_bpb (challenge.md §3) on a real SentencePiece tokenizer trained with the
+"""The byte rule of val_bpb (artifact/docs/val_bpb.md) on a real SentencePiece tokenizer trained with the
 challenge's settings on the committed real-text sample."""
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from artifact.errors import DataError
-from train.byte_count import ByteCounter, check_sidecar, target_bytes
-from train.tokenizer import encode_documents, load_tokenizer, train_tokenizer
+from artifact.runtime.errors import DataError
+from artifact.runtime.byte_count import ByteCounter, check_sidecar, target_bytes
+from artifact.runtime.tokenizer import load_tokenizer
+from train.tokenizer import encode_documents, train_tokenizer
 
 SAMPLE = Path(__file__).parent / "data" / "sample" / "sample.jsonl"
 VOCAB = 1024

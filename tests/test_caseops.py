@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-from artifact.errors import DataError
+from artifact.runtime.errors import DataError
 from train import caseops
 from train.caseops import ESCAPE, OPERATORS, TITLE, UPPER, char_bytes, decode, encode
 from train.corpus import read_documents
-from train.shards import read_shard, resolve_data, write_shard
-from train.tokenizer import load_tokenizer
+from artifact.runtime.shards import read_shard, resolve_data
+from train.shard_writer import write_shard
+from artifact.runtime.tokenizer import load_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -240,10 +241,10 @@ def test_two_caseops_builds_are_byte_identical(tmp_path, built):
 # --- val_bpb on a CaseOps build -------------------------------------------------------------------
 
 def test_val_bpb_counts_sidecar_bytes(tmp_path, built, capsys):
-    from train.byte_count import ByteCounter
-    from train.checkpoint import save_checkpoint
-    from train.evaluate import eval_flat, load_val
-    from train.model import GPT, ModelConfig
+    from artifact.runtime.byte_count import ByteCounter
+    from artifact.runtime.checkpoint import save_checkpoint
+    from artifact.runtime.scoring import eval_flat, load_val
+    from artifact.runtime.model import GPT, ModelConfig
 
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=VOCAB, num_layers=1, model_dim=32, num_heads=2, num_kv_heads=1)
@@ -252,13 +253,13 @@ def test_val_bpb_counts_sidecar_bytes(tmp_path, built, capsys):
     tokens, sidecar = load_val(data, VOCAB)
     assert sidecar is not None and sidecar.size == tokens.size
     seq = 256
-    result = eval_flat(model, tokens, None, seq, batch_seqs=4, sidecar=sidecar, progress=False)
+    result = eval_flat(model, tokens, None, seq, batch_seqs=4, sidecar=sidecar)
     kept = (tokens.size - 1) // seq * seq
     assert result.bytes == int(sidecar[1:kept + 1].sum())
     assert math.isclose(result.val_bpb, result.val_loss * result.tokens / (math.log(2) * result.bytes), rel_tol=1e-9)
     # The byte table would count other bytes (operators' 3 bytes, no capitals' lengths ...).
     table = eval_flat(model, tokens, ByteCounter.from_sentencepiece(data.tokenizer, VOCAB), seq,
-                      batch_seqs=4, progress=False)
+                      batch_seqs=4)
     assert table.bytes != result.bytes and table.val_loss == pytest.approx(result.val_loss)
     # `golf eval` finds the side-car by itself.
     ckpt = save_checkpoint(tmp_path / "ckpt", model, cfg, {"seq_len": seq})

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from artifact import codec, rans
-from artifact.decoder import DecodeError, _ans_loop, ans_decode
-from artifact.errors import ArtifactError, ConfigError
+from artifact.runtime.decoder import DecodeError, _ans_loop, ans_decode
+from artifact.runtime.errors import ArtifactError, ConfigError
 
 ALL_CODECS = ["raw", "ans", "zlib-9", "zlib-1", "zstd-22", "zstd-3", "brotli-11", "lzma-9", "lzma-6e"]
 
@@ -207,7 +207,7 @@ def test_ans_exact_size_and_round_trip_on_real_streams():
 
 
 def test_codec_table_reports_bound_and_prediction():
-    from artifact.bench_codecs import codec_table, totals
+    from analysis.bench_codecs import codec_table, totals
 
     rng = np.random.default_rng(9)
     table = codec_table({"int6": laplace_codes(rng, 50_000)}, codecs=["zlib-9", "ans"])

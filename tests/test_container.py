@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from artifact import decoder
+from artifact.runtime import decoder
 from artifact.container import (
     QuantBlock,
     TensorEntry,
@@ -22,8 +22,9 @@ from artifact.container import (
     read_artifact,
     write_artifact,
 )
-from artifact.decoder import HEAD, DecodeError, apply_lqer, dequantize
-from artifact.errors import ArtifactError, GolfError
+from artifact.runtime.decoder import HEAD, DecodeError, apply_lqer, dequantize
+from artifact.runtime.errors import ArtifactError, GolfError
+from artifact.submission import write_runtime_package
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,9 +101,10 @@ def test_same_entries_give_identical_bytes_across_processes(blob):
 
 
 def test_shipped_decoder_runs_alone_in_a_fresh_process(blob, tmp_path):
-    (tmp_path / "decoder.py").write_bytes((ROOT / "artifact" / "decoder.py").read_bytes())
+    write_runtime_package(tmp_path, ("decoder",))
     (tmp_path / "m.golf").write_bytes(blob)
-    code = ("import sys; sys.path.insert(0, '.'); import decoder, numpy as np; out = decoder.decode('m.golf');"
+    code = ("import sys; sys.path.insert(0, '.'); from golf_runtime import decoder; import numpy as np;"
+            "out = decoder.decode('m.golf');"
             "assert not any(m.split('.')[0] in ('artifact','train','analysis') for m in sys.modules);"
             "import torch; t = decoder.decode_torch('m.golf');"
             "print(len(out), t['row.int6'].dtype, t['pass.f16'].dtype, float(sum(np.abs(v).sum() for v in out.values())))")

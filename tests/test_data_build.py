@@ -13,10 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from artifact.errors import DataError
+from artifact.runtime.errors import DataError
 from train.corpus import iter_documents, pack_units, read_documents, split_text
-from train.shards import HEADER_BYTES, read_shard, resolve_data, shard_name, write_shard
-from train.tokenizer import encode_documents, load_tokenizer, train_tokenizer, training_texts
+from artifact.runtime.shards import HEADER_BYTES, read_shard, resolve_data, shard_name
+from train.shard_writer import write_shard
+from artifact.runtime.tokenizer import load_tokenizer
+from train.tokenizer import encode_documents, train_tokenizer, training_texts
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "tests" / "data" / "sample"

@@ -15,14 +15,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from artifact.errors import DataError
-from train.byte_count import ByteCounter
-from train.checkpoint import save_checkpoint
-from train.evaluate import (count_sliding_windows, eval_flat, eval_sliding, flat_kept_tokens, load_val,
-                            sliding_windows, unigram_bpb)
-from train.model import GPT, ModelConfig
-from train.shards import load_tokens, resolve_data, shard_name, write_shard
-from train.tokenizer import encode_documents, load_tokenizer, train_tokenizer
+from artifact.runtime.errors import DataError
+from artifact.runtime.byte_count import ByteCounter
+from artifact.runtime.checkpoint import save_checkpoint
+from artifact.runtime.scoring import (count_sliding_windows, eval_flat, eval_sliding, flat_kept_tokens, load_val,
+                                      sliding_windows)
+from train.unigram import unigram_bpb
+from artifact.runtime.model import GPT, ModelConfig
+from artifact.runtime.shards import load_tokens, resolve_data, shard_name
+from train.shard_writer import write_shard
+from artifact.runtime.tokenizer import load_tokenizer
+from train.tokenizer import encode_documents, train_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "tests" / "data" / "sample" / "sample.jsonl"
@@ -123,7 +126,7 @@ def test_flat_truncation_rule():
 def test_eval_sliding_equals_naive_per_target_loop(model, val_tokens, counter):
     tokens = val_tokens[:701]
     L, S = 64, 24
-    result = eval_sliding(model, tokens, counter, L, S, batch_seqs=5, progress=False)
+    result = eval_sliding(model, tokens, counter, L, S, batch_seqs=5)
     loss, nbytes, count = naive_sums(model, tokens, sliding_windows(700, L, S), counter)
     assert result.tokens == count == 700 and result.bytes == nbytes
     assert result.val_loss * result.tokens == pytest.approx(loss, rel=1e-5)
@@ -134,48 +137,48 @@ def test_eval_sliding_equals_naive_per_target_loop(model, val_tokens, counter):
 def test_eval_flat_equals_naive_windows_and_ignores_the_tail(model, val_tokens, counter):
     L = 64
     tokens = np.array(val_tokens[:1000])  # (1000 − 1) // 64 = 15 windows; 39 tail targets dropped
-    result = eval_flat(model, tokens, counter, L, batch_seqs=4, progress=False)
+    result = eval_flat(model, tokens, counter, L, batch_seqs=4)
     windows = [(k * L, (k + 1) * L, 0) for k in range(15)]
     loss, nbytes, count = naive_sums(model, tokens, windows, counter)
     assert result.tokens == count == 960 and result.bytes == nbytes and result.windows == 15
     assert result.val_loss * result.tokens == pytest.approx(loss, rel=1e-5)
     changed = tokens.copy()
     changed[961:] = changed[961:][::-1]  # the tail beyond floor((N−1)/L)·L + 1 tokens
-    again = eval_flat(model, changed, counter, L, batch_seqs=7, progress=False)
+    again = eval_flat(model, changed, counter, L, batch_seqs=7)
     assert (again.tokens, again.bytes) == (result.tokens, result.bytes)
     assert again.val_loss == pytest.approx(result.val_loss, rel=1e-6)
     changed[960] = (int(changed[960]) + 1) % VOCAB  # the last scored target: must matter
-    assert eval_flat(model, changed, counter, L, progress=False).val_loss != pytest.approx(result.val_loss, rel=1e-9)
+    assert eval_flat(model, changed, counter, L).val_loss != pytest.approx(result.val_loss, rel=1e-9)
 
 
 def test_sliding_with_stride_equal_to_length_matches_flat_when_nothing_is_cut(model, val_tokens, counter):
     tokens = val_tokens[:4 * 64 + 1]
-    flat = eval_flat(model, tokens, counter, 64, progress=False)
-    slide = eval_sliding(model, tokens, counter, 64, 64, progress=False)
+    flat = eval_flat(model, tokens, counter, 64)
+    slide = eval_sliding(model, tokens, counter, 64, 64)
     assert (flat.tokens, flat.bytes) == (slide.tokens, slide.bytes)
     assert flat.val_loss == pytest.approx(slide.val_loss, rel=1e-6)
 
 
 def test_too_few_tokens_and_bad_ids_are_clear_errors(model, val_tokens, counter):
     with pytest.raises(DataError, match="needs at least 65 tokens"):
-        eval_flat(model, val_tokens[:64], counter, 64, progress=False)
+        eval_flat(model, val_tokens[:64], counter, 64)
     small = GPT(ModelConfig(vocab_size=512, num_layers=1, model_dim=32, num_heads=2, num_kv_heads=1))
     with pytest.raises(DataError, match="beyond the model's vocab of 512"):
-        eval_flat(small, val_tokens[:200], counter, 64, progress=False)
+        eval_flat(small, val_tokens[:200], counter, 64)
 
 
 # ------------------------------------------------------------------- side-car
 def test_sidecar_bytes_replace_the_tables(model, val_tokens, counter):
     tokens = val_tokens[:400]
     side = np.random.default_rng(1).integers(0, 9, size=tokens.size).astype(np.uint16)
-    table = eval_sliding(model, tokens, counter, 64, 32, progress=False)
-    result = eval_sliding(model, tokens, counter, 64, 32, sidecar=side, progress=False)
+    table = eval_sliding(model, tokens, counter, 64, 32)
+    result = eval_sliding(model, tokens, counter, 64, 32, sidecar=side)
     assert result.bytes == int(side[1:].sum()) != table.bytes
     assert result.val_loss == pytest.approx(table.val_loss, rel=1e-9)
-    flat = eval_flat(model, tokens, None, 64, sidecar=side, progress=False)
+    flat = eval_flat(model, tokens, None, 64, sidecar=side)
     assert flat.bytes == int(side[1:flat_kept_tokens(400, 64)].sum())
     with pytest.raises(DataError, match="399 byte entries for 400 tokens"):
-        eval_flat(model, tokens, counter, 64, sidecar=side[:-1], progress=False)
+        eval_flat(model, tokens, counter, 64, sidecar=side[:-1])
 
 
 def test_load_val_reads_sidecars_and_checks_their_length(tmp_path):
@@ -223,7 +226,7 @@ def test_golf_eval_cli_flat_and_sliding(tmp_path, data_root, model, val_tokens, 
     flat = run_golf("eval", ckpt, "--data", data_root, "--max-tokens", 2000, "--device", "cpu", "--json")
     assert flat.returncode == 0, flat.stderr
     got = json.loads(flat.stdout)
-    want = eval_flat(model, val_tokens[:2000], counter, 128, progress=False)
+    want = eval_flat(model, val_tokens[:2000], counter, 128)
     assert (got["mode"], got["seq_len"], got["stride"]) == ("flat", 128, None)  # seq_len from meta
     assert (got["tokens"], got["bytes"]) == (want.tokens, want.bytes) == (15 * 128, want.bytes)
     assert got["val_bpb"] == pytest.approx(want.val_bpb, rel=1e-6)
@@ -232,7 +235,7 @@ def test_golf_eval_cli_flat_and_sliding(tmp_path, data_root, model, val_tokens, 
                      "--batch-seqs", 3, "--json")
     assert slide.returncode == 0, slide.stderr
     got = json.loads(slide.stdout)
-    want = eval_sliding(model, val_tokens, counter, 64, 16, progress=False)
+    want = eval_sliding(model, val_tokens, counter, 64, 16)
     assert (got["mode"], got["stride"], got["tokens"], got["bytes"]) == ("sliding", 16, 5999, want.bytes)
     assert got["val_bpb"] == pytest.approx(want.val_bpb, rel=1e-6)
 

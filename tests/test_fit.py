@@ -9,14 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from analysis.commands import ship_modules
-from analysis.fit_command import CANDIDATE_COLUMNS, CSV_COLUMNS, candidate_rows, prepare, tensor_rows, write_csv
+from analysis.fit_tables import CANDIDATE_COLUMNS, CSV_COLUMNS, candidate_rows, tensor_rows, write_csv
 from artifact.budget import count_submission, resolve_budget
 from artifact.container import build_blob
-from artifact.errors import ConfigError
+from artifact.runtime.errors import ConfigError
 from artifact.fit import counted_code_bytes, fit, reference_residual
 from artifact.measure import Grid, pin_matches
+from artifact.pipeline import prepare, probe_loss_fn
+from artifact.runtime.checkpoint import load_checkpoint, save_checkpoint
 from artifact.submission import write_submission
+from train.bundled import BUNDLED_CHECKPOINT, BUNDLED_DATA
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = Grid(bits=(2, 4, 6, 8), clips=("sdclip:8",), gptq=(False,), lqer_ranks=(0, 4), codecs=("ans",))
@@ -26,18 +28,18 @@ SMALL = Grid(bits=(2, 4, 6, 8), clips=("sdclip:8",), gptq=(False,), lqer_ranks=(
 def prepared(tmp_path_factory):
     torch.set_num_threads(2)
     cache = tmp_path_factory.mktemp("fit-cache")
-    p = prepare(cache=cache, grid=SMALL, progress=False)
+    p = prepare(BUNDLED_CHECKPOINT, BUNDLED_DATA, cache, SMALL)
     p["cache"] = cache
     return p
 
 
 def _code(p, budget):
-    return counted_code_bytes(p["cfg"].to_dict(), {"seq_len": p["seq_len"]}, ship_modules(), budget)
+    return counted_code_bytes(p["cfg"].to_dict(), {"seq_len": p["seq_len"]}, budget)
 
 
 def _fit(p, limit, **kw):
     budget = resolve_budget(limit)
-    return fit(p["state"], p["measurement"], budget, _code(p, budget), p["hessians"], progress=False,
+    return fit(p["state"], p["measurement"], budget, _code(p, budget), p["hessians"],
                calibration=p["calibration"], **kw), budget
 
 
@@ -60,7 +62,7 @@ def test_real_bytes_never_exceed_the_budget(prepared, tmp_path):
             assert build_blob(whole.entries) == blob
             # the written folder, counted as verify counts it
             write_submission(tmp_path / "sub", res.packed.entries, prepared["cfg"].to_dict(),
-                             {"seq_len": prepared["seq_len"]}, ship_modules())
+                             {"seq_len": prepared["seq_len"]})
             assert count_submission(tmp_path / "sub", budget).total == res.real_total <= limit
 
 
@@ -90,17 +92,15 @@ def test_infeasible_budget_states_the_smallest_size(prepared):
 def test_cache_reused_and_invalidated_by_the_checkpoint(prepared, tmp_path):
     m = prepared["measurement"]
     assert m.stats["measured"] > 0
-    again = prepare(cache=prepared["cache"], grid=SMALL, progress=False)["measurement"]
+    again = prepare(BUNDLED_CHECKPOINT, BUNDLED_DATA, prepared["cache"], SMALL)["measurement"]
     assert again.stats["measured"] == 0 and again.stats["cached"] == m.stats["measured"] + m.stats["cached"]
     assert {n: t.candidates for n, t in again.tensors.items()} == {n: t.candidates for n, t in m.tensors.items()}
     # a changed tensor changes the checkpoint hash: everything is measured again
-    from train.bundled import BUNDLED_CHECKPOINT
-    from train.checkpoint import load_checkpoint, save_checkpoint
     model, cfg, meta = load_checkpoint(BUNDLED_CHECKPOINT)
     with torch.no_grad():
         model.blocks[0].mlp.fc.weight.mul_(1.01)
     ckpt = save_checkpoint(tmp_path / "ckpt", model, cfg, meta)
-    changed = prepare(ckpt, cache=prepared["cache"], grid=SMALL, progress=False)["measurement"]
+    changed = prepare(ckpt, BUNDLED_DATA, prepared["cache"], SMALL)["measurement"]
     assert changed.stats["cached"] == 0 and changed.stats["measured"] == again.stats["cached"]
 
 
@@ -233,14 +233,13 @@ TINY = Grid(bits=(3, 6), clips=("sdclip:8",), gptq=(False, True), prunes=(0.0, 0
 
 
 def _tiny_measure(p, cache, jobs):
-    from analysis.fit_command import _probe_loss_fn
     from artifact.calibrate import batches_from_tokens
     from artifact.measure import measure
     from helpers import bundled_model_and_tokens
 
     model, tokens = bundled_model_and_tokens()
-    probe = _probe_loss_fn(model, batches_from_tokens(tokens, 4, 129, 4, 0))
-    return measure(p["state"], p["hessians"], TINY, probe, {"test": "tiny"}, cache, progress=False, jobs=jobs)
+    probe = probe_loss_fn(model, batches_from_tokens(tokens, 4, 129, 4, 0))
+    return measure(p["state"], p["hessians"], TINY, probe, {"test": "tiny"}, cache, jobs=jobs)
 
 
 def _files(folder: Path) -> dict[str, bytes]:

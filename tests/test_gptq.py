@@ -12,11 +12,11 @@ import torch
 from torch import nn
 
 from artifact.calibrate import batches_from_tokens, collect_hessians, generate_calibration
-from artifact.errors import ConfigError, DataError
+from artifact.runtime.errors import ConfigError, DataError
 from artifact.gptq import GPTQConfig, gptq_quantize
 from artifact.quant import ClipRule, QuantSpec, quantize_tensor, weighted_error
 from helpers import bundled_model_and_tokens
-from train.model import GPT, ModelConfig
+from artifact.runtime.model import GPT, ModelConfig
 
 
 

@@ -9,7 +9,7 @@ import zlib
 import pytest
 import torch
 
-from artifact.errors import ConfigError
+from artifact.runtime.errors import ConfigError
 from artifact.gptq import gptq_quantize
 from artifact.lqer import RECORD_FACTORS, lqer, quantization_errors, select_targets
 from artifact.prune import magnitude_prune, pm1_candidates, prune_pm1, prune_pm1_many, prune_to_size

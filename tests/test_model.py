@@ -1,7 +1,7 @@
-"""The GPT against the challenge's published baseline (challenge.md §5) and the checkpoint loader.
+"""The GPT against the challenge's published baseline (artifact/docs/baseline.md) and the checkpoint loader.
 
 "Same loss as the baseline" is checked against an independent functional forward written here
-from the §5 description, not by re-running the module's own code.
+from that description, not by re-running the module's own code.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ import math
 import pytest
 import torch
 
-from artifact.errors import CheckpointError
-from train.checkpoint import load_checkpoint, save_checkpoint
-from train.model import GPT, ModelConfig, baseline_state_dict_shapes, count_parameters
+from artifact.runtime.errors import CheckpointError
+from artifact.runtime.checkpoint import load_checkpoint, save_checkpoint
+from artifact.runtime.model import GPT, ModelConfig, baseline_state_dict_shapes, count_parameters
 
 
 def published_shapes(layers=9, d=512, vocab=1024, heads=8, kv_dim=256, hidden=1024):
-    """The state-dict table of challenge.md §5, typed in independently of train.model."""
+    """The state-dict table of artifact/docs/baseline.md, typed in independently of artifact.runtime.model."""
     shapes = {"tok_emb.weight": (vocab, d), "skip_weights": (min(layers // 2, layers - layers // 2), d)}
     for i in range(layers):
         shapes.update({
@@ -71,7 +71,7 @@ def rope(x, base):
 
 
 def reference_loss(sd, cfg: ModelConfig, ids, targets):
-    """§5 written out: embed → rmsnorm = x0; U-Net of blocks (resid_mix, attn, relu² MLP, scales);
+    """The baseline written out: embed → rmsnorm = x0; U-Net of blocks (resid_mix, attn, relu² MLP, scales);
     final rmsnorm; tied/untied head; 30·tanh(z/30); mean cross-entropy."""
     h, kvh, hd = cfg.num_heads, cfg.num_kv_heads, cfg.model_dim // cfg.num_heads
     x = x0 = rms(sd["tok_emb.weight"][ids])

@@ -1,4 +1,4 @@
-"""Every model switch of ModelConfig (issue 5 §1): shapes, parameter names (which decide the
+"""Every model switch of ModelConfig : shapes, parameter names (which decide the
 optimiser group), a few training steps on real tokens, checkpoint round trip, and a behavioural
 check per switch that would fail if the switch did nothing or the wrong thing."""
 
@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from artifact.errors import CheckpointError, ConfigError
+from artifact.runtime.errors import CheckpointError, ConfigError
 from train.bundled import BUNDLED_DATA
-from train.checkpoint import load_checkpoint, save_checkpoint
-from train.embeddings import HashEmbedding
-from train.layers import MLP, apply_partial_rotary, apply_rotary, exclusive_attention
-from train.model import GPT, ModelConfig, baseline_state_dict_shapes, state_dict_shapes
-from train.shards import load_tokens, resolve_data
+from artifact.runtime.checkpoint import load_checkpoint, save_checkpoint
+from artifact.runtime.embeddings import HashEmbedding
+from artifact.runtime.layers import MLP, apply_partial_rotary, apply_rotary, exclusive_attention
+from artifact.runtime.model import GPT, ModelConfig, baseline_state_dict_shapes, state_dict_shapes
+from artifact.runtime.shards import load_tokens, resolve_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

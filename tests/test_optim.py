@@ -1,5 +1,5 @@
 """Optimiser knobs: Polar Express and Newton–Schulz orthogonalisation, row-normalised Muon,
-decoupled weight decay (Muon and AdamW), and the parameter groups decided by name (contract §1)."""
+decoupled weight decay (Muon and AdamW), and the parameter groups decided by name."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from artifact.errors import ConfigError
-from train.loop import TrainConfig
+from artifact.runtime.errors import ConfigError
+from train.train_config import TrainConfig
 from train.optim import (
     POLAR_EXPRESS_COEFFS,
     Muon,

@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 
-from train.checkpoint import load_checkpoint
+from artifact.runtime.checkpoint import load_checkpoint
 from train.loop import train
-from train.model import ModelConfig, state_dict_shapes
+from artifact.runtime.model import ModelConfig, state_dict_shapes
 from train.presets import list_presets, load_preset
 
 SEEDS = [f"seed-{i:03d}" for i in range(5)]

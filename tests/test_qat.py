@@ -8,13 +8,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from artifact.errors import ConfigError
+from artifact.runtime.errors import ConfigError
 from artifact.pack import pack_state_dict
 from artifact.quant import quantize_tensor
 from artifact.recipe import load_recipe
-from train.evaluate import eval_flat
+from artifact.runtime.scoring import eval_flat
 from train.loop import prepare_data, train
-from train.model import GPT
+from artifact.runtime.model import GPT
 from train.presets import load_preset
 from train.qat import FakeQuantizer, fake_quantize
 
@@ -90,15 +90,15 @@ def test_unknown_qat_recipe_fails_before_any_work(tmp_path):
 
 def _packed_gap(out, recipe_name: str) -> float:
     """val loss of the packed (decoded) weights minus the float weights', on bundled val tokens."""
-    from train.checkpoint import load_checkpoint
+    from artifact.runtime.checkpoint import load_checkpoint
 
     model, _, _ = load_checkpoint(out)
     data = prepare_data(None, 1024)
     tokens = data.val_tokens[:16_385]
-    before = eval_flat(model, tokens, data.counter, 64, 64, "cpu", progress=False).val_loss
+    before = eval_flat(model, tokens, data.counter, 64, 64, "cpu").val_loss
     state = {n: t.detach().clone() for n, t in model.state_dict().items()}
     model.load_state_dict(pack_state_dict(state, load_recipe(recipe_name), predict_sizes=False).dequantized, strict=False)
-    after = eval_flat(model, tokens, data.counter, 64, 64, "cpu", progress=False).val_loss
+    after = eval_flat(model, tokens, data.counter, 64, 64, "cpu").val_loss
     return after - before
 
 

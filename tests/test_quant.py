@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from artifact.decoder import dequantize
-from artifact.errors import CheckpointError, ConfigError
+from artifact.runtime.decoder import dequantize
+from artifact.runtime.errors import CheckpointError, ConfigError
 from artifact.quant import (ClipRule, QuantSpec, baseline_int8_state_dict,
                             quantize_tensor, weighted_error)
 
@@ -239,7 +239,7 @@ def test_bad_input_raises_clear_errors():
 
 def _published_baseline(name, t):
     """The challenge baseline's quantize_state_dict_int8 step for one tensor, re-stated from its
-    published description (challenge.md §5, train_gpt.py): returns (kind, codes/tensor, scale)."""
+    published description (artifact/docs/baseline.md, train_gpt.py): returns (kind, codes/tensor, scale)."""
     control = ("attn_scale", "attn_scales", "mlp_scale", "mlp_scales", "resid_mix", "resid_mixes",
                "q_gain", "skip_weight", "skip_weights")
     if not t.is_floating_point():

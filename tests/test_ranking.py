@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from analysis.ranking import average_ranks, local_configs, random_configs, ranking_check, spearman
-from artifact.errors import DataError
+from artifact.runtime.errors import DataError
 from artifact.measure import Choice, Grid
+from artifact.pipeline import prepare
+from train.bundled import BUNDLED_CHECKPOINT, BUNDLED_DATA
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = Grid(bits=(2, 4, 8), clips=("sdclip:8",), gptq=(False,), lqer_ranks=(0, 4), codecs=("ans",))
@@ -46,7 +48,7 @@ def cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def check(cache):
     torch.set_num_threads(2)
-    return ranking_check(n_configs=4, seed=3, max_tokens=4096, cache=cache, grid=SMALL, progress=False)
+    return ranking_check(BUNDLED_CHECKPOINT, BUNDLED_DATA, cache, n_configs=4, seed=3, max_tokens=4096, grid=SMALL)
 
 
 def test_ranking_check_on_the_bundled_checkpoint(check):
@@ -59,8 +61,7 @@ def test_ranking_check_on_the_bundled_checkpoint(check):
 
 
 def test_random_configs_are_deterministic_and_valid(check, cache):
-    from analysis.fit_command import prepare
-    m = prepare(cache=cache, grid=SMALL, progress=False)["measurement"]  # from the check's cache
+    m = prepare(BUNDLED_CHECKPOINT, BUNDLED_DATA, cache, SMALL)["measurement"]  # from the check's cache
     a, b = random_configs(m, 6, seed=1), random_configs(m, 6, seed=1)
     assert a == b and a != random_configs(m, 6, seed=2)
     for config in a:
@@ -73,10 +74,9 @@ def test_random_configs_are_deterministic_and_valid(check, cache):
 
 
 def test_local_configs_stay_near_the_solvers_choice(check, cache):
-    from analysis.fit_command import prepare
     from artifact.solve import solve
 
-    m = prepare(cache=cache, grid=SMALL, progress=False)["measurement"]
+    m = prepare(BUNDLED_CHECKPOINT, BUNDLED_DATA, cache, SMALL)["measurement"]
     names, cands = m.solver_input()
     budget = sum(sorted(b for b, _, _ in c)[len(c) // 2] for c in cands)  # a mid-range size
     center = dict(zip(names, solve(dict(zip(names, cands)), budget).labels))

@@ -17,9 +17,9 @@ import pytest
 from helpers import bundled_model_and_tokens
 import torch
 
-from artifact import decoder
+from artifact.runtime import decoder
 from artifact.container import build_blob, write_artifact
-from artifact.errors import CheckpointError, ConfigError, DataError, GolfError
+from artifact.runtime.errors import CheckpointError, ConfigError, DataError, GolfError
 from artifact.lqer import RECORD_FACTORS
 from artifact.pack import calibrate_for_recipe, pack_state_dict, recipe_needs_hessians
 from artifact.quant import baseline_int8, weighted_error
@@ -40,14 +40,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _trained_small(tmp: str):
     """A 2-layer, 128-wide GPT trained for 40 steps on the sample text (its embedding, 131,072
     elements, is above the baseline's fp16 threshold), with its train tokens."""
-    from train.checkpoint import load_checkpoint
+    from artifact.runtime.checkpoint import load_checkpoint
     from train.data_build import build_dataset
     from train.loop import train
-    from train.shards import load_tokens, resolve_data
+    from artifact.runtime.shards import load_tokens, resolve_data
 
     tmp = Path(tmp)
     data = tmp / "sample"
-    build_dataset(SAMPLE, data, vocab_size=1024, val_docs=12, name="sample", shard_tokens=40_000, progress=False)
+    build_dataset(SAMPLE, data, vocab_size=1024, val_docs=12, name="sample", shard_tokens=40_000)
     preset = (REPO / "train" / "presets" / "tiny-cpu.toml").read_text().replace("model_dim = 64", "model_dim = 128")
     assert "model_dim = 128" in preset
     (tmp / "small.toml").write_text(preset)
@@ -313,7 +313,7 @@ def test_calibration_sources(small):
 
 
 def test_a_one_layer_model_with_empty_skip_weights_packs():
-    from train.model import GPT, ModelConfig
+    from artifact.runtime.model import GPT, ModelConfig
 
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=512, num_layers=1, model_dim=64, num_heads=2, num_kv_heads=1))

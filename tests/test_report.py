@@ -19,7 +19,7 @@ from analysis.report import (
     load_fit_tables,
     write_report,
 )
-from artifact.errors import ArtifactError, DataError
+from artifact.runtime.errors import ArtifactError, DataError
 from train.bundled import BUNDLED_CHECKPOINT
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
@@ -46,7 +46,7 @@ def _candidates(tmp: Path, chosen_rows: list[dict]) -> pd.DataFrame:
     """Candidates per quantized matrix: the same tensor packed at 4, 5, 6 (chosen) and 8 bits."""
     from artifact.pack import pack_state_dict
     from artifact.recipe import load_recipe
-    from train.checkpoint import load_checkpoint
+    from artifact.runtime.checkpoint import load_checkpoint
 
     model, _, _ = load_checkpoint(BUNDLED_CHECKPOINT)
     state = {k: v.detach() for k, v in model.state_dict().items()}

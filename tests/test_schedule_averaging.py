@@ -11,12 +11,13 @@ import pytest
 import torch
 from torch import nn
 
-from artifact.errors import ConfigError
+from artifact.runtime.errors import ConfigError
 from train.averaging import EMA, SWA, WeightAverager
-from train.checkpoint import load_checkpoint
+from artifact.runtime.checkpoint import load_checkpoint
 from train.loader import make_loader
-from train.loop import LossModel, TrainConfig, Trainer, prepare_data, train, train_step
-from train.model import GPT
+from train.loop import LossModel, Trainer, prepare_data, train, train_step
+from train.train_config import TrainConfig
+from artifact.runtime.model import GPT
 from train.optim import build_optimizers
 from train.presets import load_preset
 from train.qat import QatSchedule
@@ -132,7 +133,7 @@ def test_training_with_ema_saves_the_averaged_weights_and_logs_both(tmp_path, sm
 # ------------------------------------------------------------------------------ progress hook
 
 class RecordingGPT(GPT):
-    """A GPT that records the loop's progress calls (contract §2)."""
+    """A GPT that records the loop's progress calls."""
 
     def __init__(self, cfg):
         super().__init__(cfg)

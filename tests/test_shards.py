@@ -1,4 +1,4 @@
-"""The challenge's shard format (train/shards.py): exact bytes, memory-mapped reads, and clear
+"""The challenge's shard format (artifact/runtime/shards.py, train/shard_writer.py): exact bytes, memory-mapped reads, and clear
 rejection of every malformed file, naming the file."""
 
 from __future__ import annotations
@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from artifact.errors import DataError, ShardError
-from train.shards import (HEADER_BYTES, MAGIC, VERSION, load_tokens, read_header, read_shard,
-                          resolve_data, shard_name, write_shard)
+from artifact.runtime.errors import DataError, ShardError
+from artifact.runtime.shards import (HEADER_BYTES, MAGIC, VERSION, load_tokens, read_header, read_shard,
+                                     resolve_data, shard_name)
+from train.shard_writer import write_shard
 
 
 def _tokens(n=5000, vocab=1024, seed=0):

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from artifact.errors import ConfigError, GolfError
+from artifact.runtime.errors import ConfigError, GolfError
 from artifact.solve import Candidate, random_instance, smallest_total_bytes, solve
 
 

@@ -1,7 +1,7 @@
-"""Submissions that score with test-time training (challenge.md §4), end to end.
+"""Submissions that score with test-time training (artifact/docs/val_bpb.md), end to end.
 
 `golf pack --ttt MODE --ttt-...` records the TTT settings in config.json's eval section and ships
-train/ttt.py (counted); the shipped run.py then scores the val stream with `train.ttt.run_ttt`
+golf_runtime/ttt.py (counted); the shipped run.py then scores the val stream with `ttt.run_ttt`
 after decoding the weights. `golf verify` runs it in a fresh, guarded process: its TTT figure must
 equal run_ttt in this process on the same decoded weights and tokens. Without --ttt nothing of TTT
 ships; a bad TTT setting in config.json is one clear error.
@@ -18,23 +18,23 @@ import pytest
 import torch
 
 from analysis.cli import main
-from analysis.commands import ship_modules
-from artifact.decoder import decode
-from artifact.errors import ConfigError
-from artifact.submission import MARKER, TTT_MODULE, plan_files
-from artifact.verify import PROJECT_ROOT, VerifyError, verify
+from artifact.runtime.decoder import decode
+from artifact.runtime.errors import ConfigError
+from artifact.submission import MARKER, RUNTIME_DIR, RUNTIME_PACKAGE, plan_files
+from artifact.verify import VerifyError, verify
 from train.bundled import BUNDLED_CHECKPOINT, BUNDLED_DATA
-from train.byte_count import ByteCounter
-from train.evaluate import eval_flat, load_val
-from train.model import GPT, ModelConfig
-from train.shards import resolve_data
-from train.ttt import TTTConfig, run_ttt
+from artifact.runtime.byte_count import ByteCounter
+from artifact.runtime.scoring import eval_flat, load_val
+from artifact.runtime.model import GPT, ModelConfig
+from artifact.runtime.shards import resolve_data
+from artifact.runtime.ttt import TTTConfig, run_ttt
 
 CKPT, DATA = BUNDLED_CHECKPOINT, BUNDLED_DATA
 RECIPE = "seed-003"  # round to nearest, no calibration: cheap
 MAX_TOKENS = 4096  # a small val prefix: a few documents
 TTT_FLAGS = ("--ttt", "lora", "--ttt-lora-rank", "4", "--ttt-chunk", "64", "--ttt-lora-lr", "0.003")
 BUDGET = "track_10min_16mb"
+TTT_FILE = f"{RUNTIME_PACKAGE}/ttt.py"  # where the TTT module ships
 
 
 def pack(out: Path, *extra: str) -> Path:
@@ -90,8 +90,8 @@ def in_process_scores(folder: Path):
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # as the verified run (threads=1): same kernels, same sums
     try:
-        plain = eval_flat(model, tokens, counter, seq_len, device="cpu", progress=False)
-        ttt = run_ttt(model, tokens, counter, seq_len, cfg, device="cpu", progress=False)
+        plain = eval_flat(model, tokens, counter, seq_len, device="cpu")
+        ttt = run_ttt(model, tokens, counter, seq_len, cfg, device="cpu")
     finally:
         torch.set_num_threads(before)
     return plain, ttt
@@ -102,8 +102,9 @@ def test_ttt_submission_scores_exactly_run_ttt_in_a_fresh_process(ttt_plain, ttt
     config = json.loads((ttt_plain / "config.json").read_text())
     assert config["eval"]["ttt"] == TTTConfig(mode="lora", lora_rank=4, chunk_tokens=64, lora_lr=0.003).to_dict()
     run = ttt_result.run
-    assert ttt_result.fits and run["modules"]["train.ttt"].endswith("/train/ttt.py")
-    assert "golf-verify-" in run["modules"]["train.ttt"]  # the shipped copy, not the project's
+    shipped_ttt = run["modules"][f"{RUNTIME_PACKAGE}.ttt"]
+    assert ttt_result.fits and shipped_ttt.endswith("/" + TTT_FILE)
+    assert "golf-verify-" in shipped_ttt  # the shipped copy, not the project's
 
     plain, ttt = in_process_scores(ttt_plain)
     assert (run["ttt"]["tokens"], run["ttt"]["bytes"]) == (ttt.tokens, ttt.bytes) == (plain.tokens, plain.bytes)
@@ -118,25 +119,25 @@ def test_ttt_submission_scores_exactly_run_ttt_in_a_fresh_process(ttt_plain, ttt
 @pytest.mark.slow
 def test_ttt_module_ships_and_is_counted_only_with_ttt(ttt_plain, no_ttt_plain, ttt_result):
     with_ttt, without = shipped(ttt_plain), shipped(no_ttt_plain)
-    source = (PROJECT_ROOT / TTT_MODULE).read_bytes()
-    assert with_ttt[TTT_MODULE] == len(source) and (ttt_plain / TTT_MODULE).read_bytes() == source
-    assert TTT_MODULE not in without
+    source = (RUNTIME_DIR / "ttt.py").read_bytes()
+    assert with_ttt[TTT_FILE] == len(source) and (ttt_plain / TTT_FILE).read_bytes() == source
+    assert TTT_FILE not in without
     assert json.loads((no_ttt_plain / "config.json").read_text())["eval"] == {"seq_len": 256}
     # Everything else is the same file: the code bytes grow by ttt.py plus the longer config.json.
-    assert set(with_ttt) - set(without) == {TTT_MODULE}
-    assert {p: b for p, b in with_ttt.items() if p not in (TTT_MODULE, "config.json")} == \
+    assert set(with_ttt) - set(without) == {TTT_FILE}
+    assert {p: b for p, b in with_ttt.items() if p not in (TTT_FILE, "config.json")} == \
         {p: b for p, b in without.items() if p != "config.json"}
     counted = {p: b for p, b, role in ttt_result.count.files if role != "not counted"}
-    assert counted[TTT_MODULE] == len(source)
+    assert counted[TTT_FILE] == len(source)
     grew = ttt_result.count.code_bytes - sum(b for p, b in without.items() if p != "model.blob")
     assert grew == len(source) + with_ttt["config.json"] - without["config.json"]
 
 
-def test_plan_files_refuses_ttt_settings_without_the_module_and_the_reverse():
-    with pytest.raises(ConfigError, match="with ttt but train/ttt.py is not among the shipped modules"):
-        plan_files([], {}, {"seq_len": 8, "ttt": {"mode": "lora"}}, ship_modules(), blob=b"")
-    with pytest.raises(ConfigError, match="without ttt but train/ttt.py is among the shipped modules"):
-        plan_files([], {}, {"seq_len": 8}, ship_modules(ttt=True), blob=b"")
+def test_plan_files_ships_the_ttt_module_exactly_with_ttt_settings():
+    assert TTT_FILE in plan_files([], {}, {"seq_len": 8, "ttt": {"mode": "lora"}}, blob=b"")
+    assert TTT_FILE not in plan_files([], {}, {"seq_len": 8}, blob=b"")
+    with pytest.raises(ConfigError, match="must be a dict of TTT settings"):
+        plan_files([], {}, {"seq_len": 8, "ttt": "lora"}, blob=b"")
 
 
 @pytest.mark.slow
@@ -156,7 +157,7 @@ def test_compact_ttt_submission_verifies_and_golf_verify_prints_both_figures(tmp
 
 @pytest.mark.parametrize("edit, message", [
     (lambda t: t.update(lora_rank=0), "config.json eval.ttt: ttt config: lora_rank must be an integer >= 1"),
-    (lambda t: t.update(bogus=1), "config.json eval.ttt: ttt config: unknown ttt keys ['bogus']"),
+    (lambda t: t.update(bogus=1), "config.json eval.ttt: ttt config: unknown key 'bogus'"),
     (lambda t: t.update(chunk_tokens=512), "config.json eval.ttt: ttt config: chunk_tokens 512 exceeds seq_len 256"),
     (lambda t: t.update(momentum="high"), "config.json eval.ttt: "),
 ])
@@ -171,8 +172,8 @@ def test_bad_ttt_setting_in_config_is_one_clear_error(scratch_copy, capsys, edit
 
 
 def test_ttt_settings_without_the_shipped_module_fail_before_decoding(scratch_copy):
-    (scratch_copy / TTT_MODULE).unlink()
-    with pytest.raises(VerifyError, match=r"ConfigError: config.json eval.ttt: .*train\.ttt"):
+    (scratch_copy / TTT_FILE).unlink()
+    with pytest.raises(VerifyError, match=r"ConfigError: config.json eval.ttt: .*golf_runtime\.ttt"):
         verify(scratch_copy, BUDGET, DATA, max_tokens=MAX_TOKENS, device="cpu", threads=1)
 
 

@@ -17,20 +17,19 @@ import pytest
 import torch
 
 from analysis.cli import main
-from analysis.commands import SHIPPED_MODULES, train_seq_len
 from artifact.container import TensorEntry, read_manifest_checked
-from artifact.decoder import HEAD
-from artifact.errors import ArtifactError
+from artifact.runtime.decoder import HEAD
+from artifact.runtime.errors import ArtifactError
 from artifact.pack import pack_state_dict
 from artifact.recipe import load_recipe
-from artifact.submission import MARKER, build_stub, minify_source, write_submission
+from artifact.submission import MARKER, RUNTIME_PACKAGE, build_stub, minify_source, runtime_sources, write_submission
 from artifact.verify import PROJECT_ROOT, VerifyError, verify
 from train.bundled import BUNDLED_CHECKPOINT, BUNDLED_DATA
-from train.byte_count import ByteCounter
-from train.checkpoint import load_checkpoint
-from train.evaluate import eval_flat, load_val
-from train.model import GPT
-from train.shards import resolve_data
+from artifact.runtime.byte_count import ByteCounter
+from artifact.runtime.checkpoint import load_checkpoint, train_seq_len
+from artifact.runtime.scoring import eval_flat, load_val
+from artifact.runtime.model import GPT
+from artifact.runtime.shards import resolve_data
 
 CKPT, DATA = BUNDLED_CHECKPOINT, BUNDLED_DATA
 RECIPE = "seed-003"  # round to nearest, no calibration: cheap
@@ -83,9 +82,9 @@ def test_verify_fits_and_scores_exactly_the_packed_weights(plain):
     shipped = {f["path"]: f["bytes"] for f in json.loads((plain / MARKER).read_text())["files"]}
     assert result.count.total == sum(shipped.values())  # every shipped file, nothing else
     assert {p for p, _, role in result.count.files if role != "not counted"} == set(shipped)
-    assert {"run.py", "model.blob", "config.json", "artifact/__init__.py", "train/__init__.py"} <= set(shipped)
-    assert set(SHIPPED_MODULES) <= set(shipped)
-    assert "train/ttt.py" not in shipped and "ttt" not in result.run  # TTT ships only when packed with --ttt
+    assert {"run.py", "model.blob", "config.json", f"{RUNTIME_PACKAGE}/__init__.py"} <= set(shipped)
+    assert set(runtime_sources()) == set(shipped) - {"model.blob", "config.json"}
+    assert f"{RUNTIME_PACKAGE}/ttt.py" not in shipped and "ttt" not in result.run  # TTT ships only with --ttt
     assert json.loads((plain / "config.json").read_text())["eval"] == {"seq_len": train_seq_len(load_checkpoint(CKPT)[2])}
     assert result.run["hashes_ok"] and all("golf-verify-" in p for p in result.run["modules"].values())
 
@@ -97,8 +96,7 @@ def test_verify_fits_and_scores_exactly_the_packed_weights(plain):
     data = resolve_data(DATA, vocab_size=cfg.vocab_size)
     tokens, _ = load_val(data, cfg.vocab_size)
     counter = ByteCounter.from_sentencepiece(data.tokenizer, cfg.vocab_size)
-    local = eval_flat(dequant, tokens[:MAX_TOKENS], counter, train_seq_len(meta) or 1024, device="cpu",
-                      progress=False)
+    local = eval_flat(dequant, tokens[:MAX_TOKENS], counter, train_seq_len(meta) or 1024, device="cpu")
     assert result.run["tokens"] == local.tokens and result.run["bytes"] == local.bytes
     assert abs(result.val_bpb - local.val_bpb) <= 1e-9
 
@@ -157,22 +155,22 @@ def test_over_budget_prints_over_and_exits_1(plain, capsys):
 
 
 def test_missing_shipped_module_fails_instead_of_falling_back(scratch_copy, capsys):
-    (scratch_copy / "train" / "model.py").unlink()
+    (scratch_copy / RUNTIME_PACKAGE / "model.py").unlink()
     code, last = cli_verify(scratch_copy, capsys)
     # Either the module is simply missing, or (where the project is installed, e.g. editable) the
     # import guard refuses the installed copy: never a silent fallback to the project's model.py.
     assert code == 2 and last.startswith("ERROR")
-    assert ("No module named 'train.model'" in last
-            or "import guard: module 'train.model' would come from the project source tree" in last)
+    assert f"No module named '{RUNTIME_PACKAGE}.model'" in last
 
 
 def test_import_from_the_project_tree_is_refused(scratch_copy):
-    # A run.py that reaches for the installed project (its own train/ deleted) must be stopped
-    # by the import guard, not quietly served the repository's modules.
-    shutil.rmtree(scratch_copy / "train")
+    # A run.py that reaches for the installed project instead of its shipped runtime must be
+    # stopped by the import guard, not quietly served the repository's modules.
+    shutil.rmtree(scratch_copy / RUNTIME_PACKAGE)
     entry = scratch_copy / "run.py"
-    entry.write_text(f"import sys; sys.path.append({str(PROJECT_ROOT)!r})\n" + entry.read_text())
-    with pytest.raises(VerifyError, match="import guard: module 'train' would come from the project"):
+    entry.write_text(f"import sys; sys.path.append({str(PROJECT_ROOT)!r})\n"
+                     "from artifact.runtime.run import main\nsys.exit(main())\n")
+    with pytest.raises(VerifyError, match="import guard: module 'artifact' would come from the project"):
         run_verify(scratch_copy)
 
 
@@ -194,19 +192,17 @@ def _tiny_entries() -> list[TensorEntry]:
 
 
 def test_write_submission_is_atomic_and_never_clobbers_a_foreign_folder(tmp_path):
-    mods = [(PROJECT_ROOT / "artifact" / "errors.py", "artifact/errors.py")]
     out = tmp_path / "sub"
-    first = write_submission(out, _tiny_entries(), {"vocab_size": 8}, {"seq_len": 4}, mods)
-    assert sorted(f["path"] for f in first["files"]) == [
-        "artifact/__init__.py", "artifact/errors.py", "config.json", "model.blob", "run.py"]
+    first = write_submission(out, _tiny_entries(), {"vocab_size": 8}, {"seq_len": 4})
+    assert sorted(f["path"] for f in first["files"]) == sorted(["config.json", "model.blob", *runtime_sources()])
     (out / "stale.txt").write_text("from an older pack")
-    write_submission(out, _tiny_entries(), {"vocab_size": 8}, {"seq_len": 8}, mods)  # replaces it
+    write_submission(out, _tiny_entries(), {"vocab_size": 8}, {"seq_len": 8})  # replaces it
     assert not (out / "stale.txt").exists() and json.loads((out / "config.json").read_text())["eval"]["seq_len"] == 8
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
     with pytest.raises(ArtifactError, match="not a previous submission"):
-        write_submission(foreign, _tiny_entries(), {}, {}, mods)
+        write_submission(foreign, _tiny_entries(), {}, {})
     assert (foreign / "notes.txt").read_text() == "keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "sub"]  # no temp folders left
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from artifact.errors import ConfigError
+from artifact.runtime.errors import ConfigError
 from artifact.measure import Grid, measure_tensor
 from artifact.pack import calibrate_for_recipe, pack_state_dict
 from artifact.quant import quantize_tensor
 from artifact.recipe import parse_recipe
 from tests.helpers import bundled_model_and_tokens
-from train.model import GPT, ModelConfig
+from artifact.runtime.model import GPT, ModelConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -67,7 +67,7 @@ def test_measure_finishes_on_a_model_with_tables_and_offers_them_rounding_only(s
     state, _, hessians = switched
     grid = Grid(bits=(4, 6), clips=("sdclip:8",), gptq=(False, True), lqer_ranks=(0, 2), codecs=("ans",),
                 prunes=(0.0,))
-    m = measure(state, hessians, grid, progress=False)  # used to loop forever on a table with no Hessian
+    m = measure(state, hessians, grid)  # used to loop forever on a table with no Hessian
     table = m.tensors["bigram.embed.weight"].candidates
     assert table and all("/rtn/" in label for label in table)
     assert any("/gptq/" in label for label in m.tensors["blocks.0.attn.c_q.weight"].candidates)

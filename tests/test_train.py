@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from artifact.errors import ConfigError, DataError
-from train.byte_count import ByteCounter
-from train.checkpoint import load_checkpoint
-from train.evaluate import eval_flat
+from artifact.runtime.errors import ConfigError, DataError
+from artifact.runtime.byte_count import ByteCounter
+from artifact.runtime.checkpoint import load_checkpoint
+from artifact.runtime.scoring import eval_flat
 from train.loader import BatchLoader, BosAlignedLoader, TokenStream
-from train.loop import TrainConfig, check_batch_split, train
-from train.model import GPT, ModelConfig
+from train.loop import check_batch_split, train
+from train.train_config import TrainConfig
+from artifact.runtime.model import GPT, ModelConfig
 from train.optim import (
     Muon,
     build_optimizers,
@@ -29,7 +30,8 @@ from train.optim import (
     newton_schulz5,
 )
 from train.presets import list_presets, load_preset
-from train.shards import load_tokens, resolve_data, write_shard
+from artifact.runtime.shards import load_tokens, resolve_data
+from train.shard_writer import write_shard
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -245,7 +247,7 @@ def test_checkpoint_round_trip_gives_identical_val(tiny_run, sample_data):
     paths = resolve_data(sample_data)
     tokens = load_tokens(paths.val_files, 1024)
     counter = ByteCounter.from_sentencepiece(paths.tokenizer, 1024)
-    result = eval_flat(model, tokens, counter, 64, 64, "cpu", progress=False)
+    result = eval_flat(model, tokens, counter, 64, 64, "cpu")
     assert result.val_bpb == pytest.approx(figures["val_bpb"], rel=1e-9)
     assert result.tokens == figures["val_tokens"]
 

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-from artifact.errors import ConfigError
-from train.byte_count import ByteCounter
+from artifact.runtime.errors import ConfigError
+from artifact.runtime.byte_count import ByteCounter
 from train.bundled import BUNDLED_CHECKPOINT, BUNDLED_DATA
-from train.evaluate import eval_flat, eval_sliding, load_val
-from train.model import GPT, ModelConfig
-from train.shards import resolve_data
-from train.ttt import (TTTConfig, TTTTrace, document_spans, document_windows, eval_documents, run_ttt)
+from artifact.runtime.scoring import eval_flat, eval_sliding, load_val
+from artifact.runtime.model import GPT, ModelConfig
+from artifact.runtime.shards import resolve_data
+from artifact.runtime.ttt import (TTTConfig, TTTTrace, document_spans, document_windows, eval_documents, run_ttt)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ def small():
 
 @pytest.fixture(scope="module")
 def bundled():
-    from train.checkpoint import load_checkpoint
+    from artifact.runtime.checkpoint import load_checkpoint
 
     return load_checkpoint(BUNDLED_CHECKPOINT)[0].eval()
 
@@ -115,9 +115,9 @@ def test_the_legality_check_catches_a_train_before_score_trace():
 ])
 def test_every_mode_scores_each_target_once_and_trains_only_on_scored_tokens(small, tokens, counter, cfg, stride):
     trace = TTTTrace()
-    res = run_ttt(small, tokens, counter, L, cfg, stride=stride, batch_seqs=4, progress=False, trace=trace)
-    plain = (eval_flat(small, tokens, counter, L, progress=False) if stride is None
-             else eval_sliding(small, tokens, counter, L, stride, progress=False))
+    res = run_ttt(small, tokens, counter, L, cfg, stride=stride, batch_seqs=4, trace=trace)
+    plain = (eval_flat(small, tokens, counter, L) if stride is None
+             else eval_sliding(small, tokens, counter, L, stride))
     assert_legal(trace, plain.tokens)
     assert (res.tokens, res.bytes) == (plain.tokens, plain.bytes)  # the same targets, the same bytes
     assert res.updates == len(trace.updates) > 0
@@ -144,8 +144,8 @@ def test_every_mode_scores_each_target_once_and_trains_only_on_scored_tokens(sma
 def test_phased_global_phase_changes_the_base_model_and_the_result(small, tokens, counter):
     lora = TTTConfig(mode="lora", chunk_tokens=64, lora_lr=0.01)
     phased = TTTConfig(mode="phased", chunk_tokens=64, lora_lr=0.01, lr=0.05, prefix_docs=2, phases=1)
-    a = run_ttt(small, tokens, counter, L, lora, progress=False)
-    b = run_ttt(small, tokens, counter, L, phased, progress=False)
+    a = run_ttt(small, tokens, counter, L, lora)
+    b = run_ttt(small, tokens, counter, L, phased)
     assert b.updates > a.updates and b.val_loss != a.val_loss
 
 
@@ -153,22 +153,22 @@ def test_phased_global_phase_changes_the_base_model_and_the_result(small, tokens
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 def test_chunked_ttt_at_lr_zero_is_the_plain_eval_exactly(small, tokens, counter, optimizer):
     cfg = TTTConfig(mode="chunked", chunk_tokens=4 * L, epochs=2, lr=0.0, optimizer=optimizer, weight_decay=0.1)
-    res = run_ttt(small, tokens, counter, L, cfg, batch_seqs=4, progress=False)
-    plain = eval_flat(small, tokens, counter, L, batch_seqs=4, progress=False)
+    res = run_ttt(small, tokens, counter, L, cfg, batch_seqs=4)
+    plain = eval_flat(small, tokens, counter, L, batch_seqs=4)
     assert res.updates > 0
     assert (res.tokens, res.bytes) == (plain.tokens, plain.bytes)
     assert res.val_loss * res.tokens == plain.val_loss * plain.tokens and res.val_bpb == plain.val_bpb
-    slide = eval_sliding(small, tokens, counter, L, 16, batch_seqs=4, progress=False)
-    res = run_ttt(small, tokens, counter, L, cfg, stride=16, batch_seqs=4, progress=False)
+    slide = eval_sliding(small, tokens, counter, L, 16, batch_seqs=4)
+    res = run_ttt(small, tokens, counter, L, cfg, stride=16, batch_seqs=4)
     assert (res.tokens, res.bytes, res.val_bpb) == (slide.tokens, slide.bytes, slide.val_bpb)
 
 
 def test_lora_ttt_at_lr_zero_is_the_document_eval_exactly(small, tokens, counter):
     docs = eval_documents(small, tokens, counter, L, 48)
-    res = run_ttt(small, tokens, counter, L, TTTConfig(mode="lora", chunk_tokens=48, lora_lr=0.0), progress=False)
+    res = run_ttt(small, tokens, counter, L, TTTConfig(mode="lora", chunk_tokens=48, lora_lr=0.0))
     assert res.updates > 0 and (res.tokens, res.bytes, res.val_bpb) == (docs.tokens, docs.bytes, docs.val_bpb)
     cfg = TTTConfig(mode="phased", chunk_tokens=48, lora_lr=0.0, lr=0.0, prefix_docs=2, phases=2)
-    res = run_ttt(small, tokens, counter, L, cfg, progress=False)
+    res = run_ttt(small, tokens, counter, L, cfg)
     assert res.updates > 0 and (res.tokens, res.bytes, res.val_bpb) == (docs.tokens, docs.bytes, docs.val_bpb)
     # the document eval itself, rebuilt naively: each chunk of a document on its own forward pass
     loss = 0.0
@@ -180,7 +180,7 @@ def test_lora_ttt_at_lr_zero_is_the_document_eval_exactly(small, tokens, counter
                 x = torch.from_numpy(tokens[start:b].astype(np.int64))[None]
                 logp = torch.log_softmax(small(x)[0].float(), dim=-1)
                 loss -= sum(float(logp[t - start, int(tokens[t + 1])]) for t in range(a, b))
-    assert docs.bytes == eval_flat(small, tokens, counter, L, progress=False).bytes
+    assert docs.bytes == eval_flat(small, tokens, counter, L).bytes
     assert docs.val_loss * docs.tokens == pytest.approx(loss, rel=1e-5)
 
 
@@ -196,8 +196,7 @@ def test_document_windows_cover_each_document_once_without_crossing_its_start():
 def test_lora_leaves_the_base_model_bit_identical(small, tokens, counter):
     before = state(small)
     flags = [p.requires_grad for p in small.parameters()]
-    res = run_ttt(small, tokens, counter, L, TTTConfig(mode="lora", chunk_tokens=64, lora_lr=0.05, epochs=3),
-                  progress=False)
+    res = run_ttt(small, tokens, counter, L, TTTConfig(mode="lora", chunk_tokens=64, lora_lr=0.05, epochs=3))
     assert res.updates > 0
     after = small.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
@@ -209,8 +208,8 @@ def test_lora_adapters_start_fresh_for_every_document(small, tokens, counter):
     """The run over four documents loses exactly what four runs over each document alone lose:
     nothing learnt on one document reaches the next."""
     cfg = TTTConfig(mode="lora", chunk_tokens=64, lora_lr=0.05, epochs=2)
-    whole = run_ttt(small, tokens, counter, L, cfg, stride=L, progress=False)
-    alone = [run_ttt(small, tokens[a:b + 1], counter, L, cfg, stride=L, progress=False)
+    whole = run_ttt(small, tokens, counter, L, cfg, stride=L)
+    alone = [run_ttt(small, tokens[a:b + 1], counter, L, cfg, stride=L)
              for a, b in document_spans(tokens, tokens.size - 1)]
     assert whole.updates == sum(r.updates for r in alone) > 0
     assert whole.val_loss * whole.tokens == pytest.approx(sum(r.val_loss * r.tokens for r in alone), rel=1e-9)
@@ -219,8 +218,8 @@ def test_lora_adapters_start_fresh_for_every_document(small, tokens, counter):
 def test_full_model_modes_train_a_copy_and_are_deterministic(small, tokens, counter):
     before = state(small)
     cfg = TTTConfig(mode="chunked", chunk_tokens=1024, lr=0.05, epochs=2)
-    a = run_ttt(small, tokens, counter, L, cfg, progress=False)
-    b = run_ttt(small, tokens, counter, L, cfg, progress=False)
+    a = run_ttt(small, tokens, counter, L, cfg)
+    b = run_ttt(small, tokens, counter, L, cfg)
     assert all(torch.equal(before[k], v) for k, v in small.state_dict().items())
     assert a.val_loss == b.val_loss and a.updates == b.updates > 0
 
@@ -230,7 +229,7 @@ def test_frozen_blocks_stay_bit_identical_while_the_rest_adapts(small, tokens, c
     model.load_state_dict(small.state_dict())
     before = state(model)
     cfg = TTTConfig(mode="chunked", chunk_tokens=512, lr=0.05, frozen_blocks=1)
-    run_ttt(model, tokens, counter, L, cfg, progress=False, in_place=True)
+    run_ttt(model, tokens, counter, L, cfg, in_place=True)
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and not any(k.startswith("blocks.0.") for k in changed)
@@ -257,12 +256,12 @@ def test_bad_config_values_are_config_errors(kwargs, message):
 
 def test_configs_that_do_not_fit_the_model_or_window_fail_before_scoring(small, tokens, counter):
     with pytest.raises(ConfigError, match="chunk_tokens 128 exceeds seq_len 64"):
-        run_ttt(small, tokens, counter, L, TTTConfig(mode="lora", chunk_tokens=128), progress=False)
+        run_ttt(small, tokens, counter, L, TTTConfig(mode="lora", chunk_tokens=128))
     with pytest.raises(ConfigError, match="frozen_blocks 3 exceeds the model's 2 blocks"):
-        run_ttt(small, tokens, counter, L, TTTConfig(frozen_blocks=3), progress=False)
+        run_ttt(small, tokens, counter, L, TTTConfig(frozen_blocks=3))
     with pytest.raises(ConfigError, match=r"lora_targets \['c_z'\] match no trainable nn.Linear.*blocks.0.attn.c_q"):
-        run_ttt(small, tokens, counter, L, TTTConfig(mode="lora", lora_targets=("c_z",)), progress=False)
-    with pytest.raises(ConfigError, match="unknown ttt keys"):
+        run_ttt(small, tokens, counter, L, TTTConfig(mode="lora", lora_targets=("c_z",)))
+    with pytest.raises(ConfigError, match="unknown key .rank."):
         TTTConfig.from_dict({"mode": "lora", "rank": 4})
     assert not any(m._forward_hooks for m in small.modules())
 
@@ -271,12 +270,10 @@ def test_configs_that_do_not_fit_the_model_or_window_fail_before_scoring(small, 
 def test_ttt_on_the_bundled_checkpoint_lowers_the_real_val_loss(bundled, val, counter):
     toks = np.array(val[0][:2049])  # the first two held-out documents
     seq = 256
-    plain = eval_flat(bundled, toks, counter, seq, progress=False)
+    plain = eval_flat(bundled, toks, counter, seq)
     docs = eval_documents(bundled, toks, counter, seq, 128)
-    lora = run_ttt(bundled, toks, counter, seq, TTTConfig(mode="lora", chunk_tokens=128, lora_lr=0.003),
-                   progress=False)
-    chunked = run_ttt(bundled, toks, counter, seq, TTTConfig(mode="chunked", chunk_tokens=512, lr=0.01, epochs=2),
-                      progress=False)
+    lora = run_ttt(bundled, toks, counter, seq, TTTConfig(mode="lora", chunk_tokens=128, lora_lr=0.003))
+    chunked = run_ttt(bundled, toks, counter, seq, TTTConfig(mode="chunked", chunk_tokens=512, lr=0.01, epochs=2))
     assert lora.bytes == docs.bytes == chunked.bytes == plain.bytes
     assert lora.val_bpb < docs.val_bpb - 0.02  # adapters fitted on a document's past help its future
     assert chunked.val_bpb < plain.val_bpb  # measured: 2.4807 -> 2.4722
@@ -296,8 +293,7 @@ def test_golf_eval_ttt_reports_both_figures(bundled, val, counter):
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout)
     want = run_ttt(bundled, val[0][:1025], counter, 256,
-                   TTTConfig(mode="lora", chunk_tokens=128, lora_lr=0.01, lora_targets=("c_q", "c_v")),
-                   progress=False)
+                   TTTConfig(mode="lora", chunk_tokens=128, lora_lr=0.01, lora_targets=("c_q", "c_v")))
     t = got["ttt"]
     assert (t["mode"], t["tokens"], t["bytes"]) == ("lora", got["tokens"], got["bytes"])
     assert t["val_bpb"] == pytest.approx(want.val_bpb, rel=1e-9)

@@ -12,6 +12,7 @@ BOS every few hundred tokens) unless `--data` is given, so any preset's vocabula
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -19,15 +20,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from artifact.errors import ConfigError
+from artifact.runtime.config import apply_overrides
+from artifact.runtime.model import count_parameters
+from artifact.runtime.shards import resolve_data
+from train.loader import make_loader
+from train.loop import Runtime, build_trainer, check_batch_split, grad_accum_for, resolve_device, synchronize, train_step
+from train.presets import load_preset
+from train.shard_writer import write_shard
 
 DOC_LEN = 400  # synthetic documents: a BOS every DOC_LEN tokens
 
 
 def synthetic_shards(folder: Path, vocab_size: int, tokens: int, seed: int = 0, bos_id: int = 1) -> list[Path]:
     """One train shard of seeded uniform token ids with a BOS every DOC_LEN tokens."""
-    from train.shards import write_shard
-
     rng = np.random.default_rng(seed)
     ids = rng.integers(0, vocab_size, size=tokens, dtype=np.int64)
     ids[ids == bos_id] = (bos_id + 1) % vocab_size
@@ -37,8 +42,6 @@ def synthetic_shards(folder: Path, vocab_size: int, tokens: int, seed: int = 0, 
 
 def cpu_override(cfg, seq_len: int, batch_seqs: int):
     """A copy of `cfg` small enough to step on a CPU."""
-    import dataclasses
-
     seq = min(cfg.seq_len, seq_len)
     return dataclasses.replace(cfg, seq_len=seq, batch_tokens=seq * batch_seqs, grad_accum_steps=1, compile=False)
 
@@ -47,20 +50,6 @@ def bench_preset(name: str, steps: int, warmup: int, device: str, data_dir: str 
                  cpu_seq_len: int, cpu_batch_seqs: int, start_step: int = 0) -> dict:
     """Time `steps` optimiser steps of preset `name` (after `warmup` untimed steps), numbered
     from `start_step` (so late-training switches such as QAT or depth recurrence can be timed)."""
-    from train.loader import make_loader
-    from train.loop import (
-        Runtime,
-        build_trainer,
-        check_batch_split,
-        grad_accum_for,
-        resolve_device,
-        synchronize,
-        train_step,
-    )
-    from train.model import count_parameters
-    from train.presets import apply_overrides, load_preset
-    from train.shards import resolve_data
-
     spec = load_preset(name)
     cfg = apply_overrides(spec.train, {**overrides, "device": device})
     kind = resolve_device(cfg.device)
@@ -106,48 +95,3 @@ def bench_preset(name: str, steps: int, warmup: int, device: str, data_dir: str 
     if rt.device.type == "cuda":
         result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(rt.device) / 2**30, 2)
     return result
-
-
-def run_bench(args) -> int:
-    from artifact.cliutil import emit
-    from train.cli import overrides_from_args
-
-    presets = [p.strip() for p in args.presets.split(",") if p.strip()]
-    if not presets:
-        raise ConfigError("--presets: give at least one preset name")
-    if args.steps <= 0 or args.warmup < 0 or args.start_step < 0:
-        raise ConfigError("--steps must be positive, --warmup and --start-step >= 0")
-    args.max_steps = args.max_seconds = args.seed = None
-    overrides = overrides_from_args(args)
-    overrides.pop("device", None)
-    rows = [bench_preset(p, args.steps, args.warmup, args.device, args.data, overrides, args.cpu_seq_len,
-                         args.cpu_batch_seqs, args.start_step) for p in presets]
-    emit({"results": rows}, args.json, _table)
-    return 0
-
-
-def _table(result: dict) -> str:
-    lines = [f"{'preset':<20} {'device':<28} {'ms/step':>10} {'tokens/s':>14} {'params':>12}"]
-    for r in result["results"]:
-        lines.append(f"{r['preset']:<20} {r['device']:<28} {r['ms_per_step']:>10.2f} {r['tokens_per_second']:>14,.0f} "
-                     f"{r['params']:>12,}")
-    return "\n".join(lines)
-
-
-def register(sub) -> None:
-    from artifact.cliutil import add_json_flag
-
-    p = sub.add_parser("bench-train", help="time training steps of presets (ms/step, tokens/s)",
-                       description=__doc__.split("\n\n")[0])
-    p.add_argument("--presets", default="baseline", help="comma-separated preset names or .toml paths")
-    p.add_argument("--steps", type=int, default=20, help="timed optimiser steps per preset")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (torch.compile)")
-    p.add_argument("--start-step", type=int, default=0,
-                   help="number the steps from here (times late switches: QAT, recurrence)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--data", default=None, help="dataset to read (default: synthetic tokens)")
-    p.add_argument("--cpu-seq-len", type=int, default=128, help="CPU only: cap on seq_len")
-    p.add_argument("--cpu-batch-seqs", type=int, default=4, help="CPU only: sequences per step")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a [train] key for every preset")
-    add_json_flag(p)
-    p.set_defaults(run=run_bench, help_parser=p)

@@ -25,7 +25,7 @@ then sees TITLE + "▁the" (two tokens, the second shared with lower-case "the")
 "▁" + TITLE + "the". Decoding is unambiguous: an operator, whitespace, then a raisable letter
 is the hop form (whitespace is never raisable).
 
-Byte accounting (challenge.md §2): every character of the encoded text stands for some bytes of
+Byte accounting (artifact/docs/val_bpb.md): every character of the encoded text stands for some bytes of
 the original: operators 0, an escaped character or any other literal its own UTF-8 length, a
 lowered letter the UTF-8 length of the capital it replaces. `token_byte_counts` adds these up
 per SentencePiece token from the tokenizer's offsets, so a document's entries sum exactly to
@@ -43,7 +43,7 @@ import unicodedata
 
 import numpy as np
 
-from artifact.errors import DataError
+from artifact.runtime.errors import DataError
 
 NAME = "caseops"
 VERSION = 1

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
 import shutil
 import subprocess
@@ -28,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from artifact.errors import DataError, GolfError
+from artifact.runtime.errors import DataError, GolfError
+from artifact.runtime.files import atomic_write_json, atomic_writer
 from train.corpus_sources import SOURCES, Source
 
 DEFAULT_SEED = 1337
@@ -304,20 +304,12 @@ def fetch_corpus(out_dir: str | Path, sources: Sequence[Source] = SOURCES, seed:
         "seconds": round(time.perf_counter() - t0, 1),
     }
     write_docs_jsonl(out_dir / DOCS_FILE, docs)
-    _write_json(out_dir / SOURCES_FILE, summary)
+    atomic_write_json(out_dir / SOURCES_FILE, summary, indent=2)
     return summary
 
 
 def write_docs_jsonl(path: Path, docs: Iterable[tuple[str, str]]) -> None:
     """Write (source, text) pairs as `{"text", "source"}` lines, atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_writer(path, "w", encoding="utf-8") as f:
         for source, text in docs:
             f.write(json.dumps({"text": text, "source": source}, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)

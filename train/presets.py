@@ -8,15 +8,15 @@ typo never silently falls back to a default.
 
 from __future__ import annotations
 
-import dataclasses
-import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
-from artifact.cliutil import find_named_toml, named_toml_files
-from artifact.errors import ConfigError
-from train.loop import TrainConfig
-from train.model import ModelConfig
+from artifact.runtime.config import build_dataclass, check_keys
+from artifact.runtime.errors import ConfigError
+from artifact.runtime.files import find_named_toml, named_toml_files, read_toml
+from artifact.runtime.model import ModelConfig
+from train.qat import load_qat_recipe
+from train.train_config import TrainConfig
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 _TOP_KEYS = {"description", "model", "train"}
@@ -46,69 +46,12 @@ def preset_path(name_or_path: str | Path) -> Path:
 def load_preset(name_or_path: str | Path) -> Preset:
     """Parse and validate a preset; every unknown key is an error naming key and file."""
     path = preset_path(name_or_path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read preset ({exc})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: malformed TOML ({exc})") from None
-    unknown = sorted(set(data) - _TOP_KEYS)
-    if unknown:
-        raise ConfigError(f"{path}: unknown preset key {unknown[0]!r} (allowed: description, [model], [train])")
-    model = build_dataclass(ModelConfig, data.get("model", {}), path, "model")
-    train = build_dataclass(TrainConfig, data.get("train", {}), path, "train")
+    data = check_keys(read_toml(path, "preset"), _TOP_KEYS, str(path))
+    model = build_dataclass(ModelConfig, data.get("model", {}), f"{path}: [model]")
+    train = build_dataclass(TrainConfig, data.get("train", {}), f"{path}: [train]")
     if train.qat_recipe:  # the packing recipe QAT matches must exist (checked before any work)
-        from train.qat import load_qat_recipe
-
         try:
             load_qat_recipe(train.qat_recipe)
         except ConfigError as exc:
             raise ConfigError(f"{path}: [train] {exc}") from None
     return Preset(name=path.stem, path=path, description=str(data.get("description", "")), model=model, train=train)
-
-
-def _coerced(cls, table: dict, unknown_message, where) -> dict:
-    """`table`'s values coerced to dataclass `cls`'s field types; an unknown key is a ConfigError
-    worded by `unknown_message(key, known_keys)`, a bad value one located by `where(key)`."""
-    known = {f.name: f for f in fields(cls)}
-    clean = {}
-    for key, value in table.items():
-        if key not in known:
-            raise ConfigError(unknown_message(key, ", ".join(sorted(known))))
-        clean[key] = coerce(known[key], value, where(key))
-    return clean
-
-
-def build_dataclass(cls, table, path: Path | str, section: str):
-    """`cls(**table)` with unknown keys and wrongly typed values reported as ConfigError."""
-    if not isinstance(table, dict):
-        raise ConfigError(f"{path}: [{section}] must be a table")
-    clean = _coerced(cls, table, lambda k, known: f"{path}: unknown key {k!r} in [{section}] (known: {known})",
-                     lambda k: f"{path}: [{section}] {k}")
-    try:
-        return cls(**clean)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-
-
-def coerce(field: dataclasses.Field, value, where: str):
-    """`value` checked against the type of the field's default; ints are accepted for floats."""
-    default = field.default
-    if default is dataclasses.MISSING:
-        return value
-    expected = type(default)
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-        raise ConfigError(f"{where} = {value!r} should be a {expected.__name__}")
-    return value
-
-
-def apply_overrides(cfg, overrides: dict | None, where: str = "overrides"):
-    """A copy of dataclass `cfg` with `overrides` applied (validated like preset keys)."""
-    if not overrides:
-        return cfg
-    clean = _coerced(type(cfg), overrides,
-                     lambda k, known: f"{where}: unknown {type(cfg).__name__} key {k!r} (known: {known})",
-                     lambda k: f"{where}: {k}")
-    return dataclasses.replace(cfg, **clean)

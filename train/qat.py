@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
-from artifact.errors import ConfigError
+from artifact.runtime.errors import ConfigError
 from artifact.prune import magnitude_prune
 from artifact.quant import ClipRule, QuantSpec, quantize_tensor
 from artifact.recipe import Recipe, TensorPlan, load_recipe

@@ -12,7 +12,7 @@ import struct
 import zlib
 from pathlib import Path
 
-from artifact.errors import DataError
+from artifact.runtime.errors import DataError
 
 # SEXP type codes (R internals: serialize.c).
 NILSXP, SYMSXP, LISTSXP, CLOSXP, ENVSXP, PROMSXP, LANGSXP = 0, 1, 2, 3, 4, 5, 6

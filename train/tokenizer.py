@@ -16,7 +16,9 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from artifact.errors import DataError
+from artifact.runtime.errors import DataError
+from artifact.runtime.files import atomic_write
+from artifact.runtime.tokenizer import BOS_ID
 
 # The challenge's SentencePiece trainer arguments (data/download_hf_docs_and_tokenize.py).
 TRAINER_SETTINGS: dict[str, object] = {
@@ -36,8 +38,6 @@ TRAINER_SETTINGS: dict[str, object] = {
 # inside it) and the thread count is pinned to SentencePiece's default (it is recorded too), so
 # the same documents give a byte-identical .model on any machine. Neither changes the pieces.
 DETERMINISM_SETTINGS: dict[str, object] = {"num_threads": 16, "minloglevel": 2}
-BOS_ID = 1
-EOS_ID = 2
 # 4 specials + 256 byte pieces are always present; BPE needs some room beyond them.
 MIN_VOCAB = 4 + 256 + 1
 # SentencePiece's default: the trainer silently skips longer "sentences" (documents here).
@@ -83,44 +83,18 @@ def train_tokenizer(texts: Iterable[str], out_prefix: str | Path, vocab_size: in
         raise DataError(f"{out_prefix}: SentencePiece training failed: {exc}") from None
     proto = sink.getvalue()
     model = out_prefix.with_name(out_prefix.name + ".model")
-    _write_atomic(model, proto)
+    atomic_write(model, proto)
     sp = spm.SentencePieceProcessor(model_proto=proto)
     if sp.vocab_size() != vocab_size:  # hard_vocab_limit=False lets a small corpus stop early
         raise DataError(f"{out_prefix}: the training text only supports {sp.vocab_size()} pieces, "
                         f"fewer than the {vocab_size} asked for; use more text or a smaller vocab")
-    _write_atomic(out_prefix.with_name(out_prefix.name + ".vocab"), vocab_text(sp).encode("utf-8"))
+    atomic_write(out_prefix.with_name(out_prefix.name + ".vocab"), vocab_text(sp).encode("utf-8"))
     return model
 
 
 def vocab_text(sp) -> str:
     """The `.vocab` file SentencePiece itself writes: `piece<TAB>score` per id (score as %g)."""
     return "".join(f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(sp.vocab_size()))
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def load_tokenizer(path: str | Path, vocab_size: int | None = None):
-    """Load a SentencePiece model; DataError naming the file if it is missing, not a model,
-    or its vocabulary size is not `vocab_size` (when given)."""
-    import sentencepiece as spm
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: tokenizer model not found")
-    sp = spm.SentencePieceProcessor()
-    try:
-        ok = sp.Load(str(path))
-    except (OSError, RuntimeError) as exc:
-        raise DataError(f"{path}: not a SentencePiece model ({exc})") from None
-    if not ok:
-        raise DataError(f"{path}: not a SentencePiece model")
-    if vocab_size is not None and int(sp.vocab_size()) != int(vocab_size):
-        raise DataError(f"{path}: tokenizer has {sp.vocab_size()} pieces but {vocab_size} were expected")
-    return sp
 
 
 def encode_documents(sp, texts: Iterable[str]) -> list[np.ndarray]:

@@ -1,4 +1,4 @@
-"""How many bytes of text each scored target token stands for (challenge.md §3).
+"""How many bytes of text each scored target token stands for (artifact/docs/val_bpb.md).
 
 val_bpb divides the summed loss by the number of UTF-8 bytes the scored tokens cover. With a
 plain SentencePiece dataset those bytes come from three tables built off the tokenizer:
@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from artifact.errors import DataError
+from .errors import DataError
+from .tokenizer import load_tokenizer
 
 SPACE_MARK = "\u2581"  # "▁": SentencePiece's escaped space
 
@@ -64,8 +65,6 @@ class ByteCounter:
         model cannot predict, so model and tokenizer do not belong together. Fewer pieces is
         fine (a `hard_vocab_limit=False` tokenizer may come out smaller than asked, and a model
         may pad its vocabulary); the ids in between are boundaries worth 0 bytes."""
-        from train.tokenizer import load_tokenizer
-
         path = Path(model_path)
         sp = load_tokenizer(path)  # DataError when missing or not a SentencePiece model
         return cls.from_processor(sp, vocab_size, source=str(path))

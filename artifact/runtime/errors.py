@@ -1,4 +1,5 @@
-"""The one error family the tool raises on bad input.
+"""The one error family the tool raises on bad input (part of the runtime layer: a submission
+raises them too).
 
 Every check on untrusted input (shards, checkpoints, artifacts, configs) raises a subclass of
 `GolfError` whose message names the file (or tensor) and the problem. The command line prints
@@ -28,3 +29,7 @@ class ConfigError(GolfError):
 
 class ArtifactError(GolfError):
     """An artifact (blob) is corrupt, truncated, foreign or inconsistent."""
+
+
+class FileError(GolfError):
+    """A file or folder cannot be read or written (permissions, a full disk, a missing folder)."""

@@ -1,8 +1,8 @@
-"""Test-time training (TTT) in the eval harness, legal by construction (challenge.md §4).
+"""Test-time training (TTT) in the eval harness, legal by construction (artifact/docs/val_bpb.md).
 
 The rule: a token may be trained on only after it has been scored, and every target is scored
 exactly once. Every mode here is one loop over an ordered *plan* of groups of windows
-(`train.evaluate` windows: (start, end, score_from), inputs tokens[start:end], scoring the
+(`artifact.runtime.scoring` windows: (start, end, score_from), inputs tokens[start:end], scoring the
 targets start+score_from .. end−1). For each group the loop FIRST scores all of its windows with
 the current weights (no grad, `evaluate.WindowScorer`, the very code of the plain eval), THEN
 updates on training windows that lie inside targets already scored. Nothing else ever reaches
@@ -33,7 +33,7 @@ import copy
 import itertools
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -41,15 +41,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from artifact.cliutil import Progress
-from artifact.errors import ConfigError, DataError
-from train.byte_count import ByteCounter
-from train.evaluate import (Window, WindowScorer, _check_window_args, _prepare, batch_windows, flat_kept_tokens,
-                            iter_flat_windows, iter_sliding_windows)
+from .errors import ConfigError, DataError
+from .byte_count import ByteCounter
+from .config import build_dataclass
+from .progress import Progress, Reporter
+from .scoring import (Window, WindowScorer, batch_windows, check_window_args, flat_kept_tokens, iter_flat_windows,
+                      iter_sliding_windows, prepare_stream)
+from .tokenizer import BOS_ID
 
 MODES = ("chunked", "lora", "phased")
 OPTIMIZERS = ("sgd", "adamw")
-BOS_ID = 1
 DEFAULT_CHUNK = {"chunked": 32768, "lora": 64, "phased": 64}
 
 
@@ -127,10 +128,7 @@ class TTTConfig:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "ttt config") -> "TTTConfig":
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ConfigError(f"{source}: unknown ttt keys {unknown}")
-        return cls(**data)
+        return build_dataclass(cls, data, source)
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -380,7 +378,7 @@ def _trainable(model: nn.Module, frozen: tuple[str, ...]) -> list[torch.Tensor]:
 
 
 def _run_chunked(run: _Runner, n_targets: int, windows: Iterator[Window], chunk: int, batch_seqs: int,
-                 meter: Progress) -> tuple[int, int]:
+                 meter: Reporter) -> tuple[int, int]:
     cfg = run.cfg
     params = _trainable(run.model, _frozen_prefixes(run.model, cfg.frozen_blocks))
     opt = _make_optimizer(cfg.optimizer, params, cfg.lr, cfg)
@@ -392,11 +390,11 @@ def _run_chunked(run: _Runner, n_targets: int, windows: Iterator[Window], chunk:
         if end < n_targets:  # then train on it, unless nothing is left to score
             lr = _cosine(cfg.lr, first / n_targets, cfg.cosine)
             run.train("chunk", training_windows(first, end, run.train_len), opt, params, lr, cfg.epochs)
-        meter.update(end, f"bpb {run.scorer.running_bpb():.4f} chunks {chunks}")
+        meter(end, lambda: f"bpb {run.scorer.running_bpb():.4f} chunks {chunks}")
     return chunks, 0
 
 
-def _run_documents(run: _Runner, n_targets: int, chunk: int, meter: Progress, phased: bool) -> tuple[int, int]:
+def _run_documents(run: _Runner, n_targets: int, chunk: int, meter: Reporter, phased: bool) -> tuple[int, int]:
     cfg, model = run.cfg, run.model
     spans = document_spans(run.tokens, n_targets)
     frozen = _frozen_prefixes(model, cfg.frozen_blocks)
@@ -419,7 +417,7 @@ def _run_documents(run: _Runner, n_targets: int, chunk: int, meter: Progress, ph
                 chunks += 1
                 if adapt and w[1] < span[1]:  # then adapt on it, unless the document is done
                     run.train("lora", [w], opt, lora.parameters(), cfg.lora_lr, cfg.epochs)
-            meter.update(span[1], f"bpb {run.scorer.running_bpb():.4f} docs {d + 1}/{len(spans)}")
+            meter(span[1], lambda: f"bpb {run.scorer.running_bpb():.4f} docs {d + 1}/{len(spans)}")
             if d + 1 in boundaries and d + 1 < len(spans):
                 if adapt:
                     lora.enabled = False  # global phase: the base model on every document scored so far
@@ -453,7 +451,7 @@ def _phase_boundaries(prefix_docs: int, phases: int) -> dict[int, int]:
 
 def run_ttt(model: nn.Module, tokens, counter: ByteCounter | None, seq_len: int, cfg: TTTConfig,
             stride: int | None = None, batch_seqs: int = 8, device=None, sidecar=None,
-            progress: bool = True, trace: TTTTrace | None = None, in_place: bool = False) -> TTTResult:
+            progress: Progress | None = None, trace: TTTTrace | None = None, in_place: bool = False) -> TTTResult:
     """Score the stream with test-time training (see the module docstring) and return val_bpb.
 
     The targets and their bytes are those of `eval_flat` (stride None) or `eval_sliding`
@@ -461,10 +459,10 @@ def run_ttt(model: nn.Module, tokens, counter: ByteCounter | None, seq_len: int,
     `model` itself with `in_place`, to keep the adapted weights); "lora" runs on `model` and
     leaves its weights bit-identical. `trace` records every score and update (for legality
     proofs). The model's requires_grad flags and train/eval mode are restored."""
-    _check_window_args(seq_len, stride)
+    check_window_args(seq_len, stride)
     if not isinstance(cfg, TTTConfig):
         raise ConfigError(f"run_ttt needs a TTTConfig, got {type(cfg).__name__}")
-    arr, side = _prepare(tokens, counter, sidecar)
+    arr, side = prepare_stream(tokens, counter, sidecar)
     n_targets, windows = _eval_plan(arr.size, seq_len, stride)
     arr = arr[:n_targets + 1]
     side = side[:n_targets + 1] if side is not None else None
@@ -473,7 +471,7 @@ def run_ttt(model: nn.Module, tokens, counter: ByteCounter | None, seq_len: int,
     run = _Runner(work, arr, counter, side, cfg, seq_len, device, trace)
     was_training = model.training
     flags = [(p, p.requires_grad) for p in work.parameters()]
-    meter = Progress(f"ttt {cfg.mode} L={seq_len}", n_targets, enabled=progress)
+    meter = Reporter(progress, n_targets, f"ttt {cfg.mode} L={seq_len}")
     t0 = time.perf_counter()
     try:
         if cfg.mode == "chunked":
@@ -501,7 +499,7 @@ def run_ttt(model: nn.Module, tokens, counter: ByteCounter | None, seq_len: int,
 
 
 def eval_documents(model: nn.Module, tokens, counter: ByteCounter | None, seq_len: int, chunk_tokens: int,
-                   stride: int | None = None, device=None, sidecar=None, progress: bool = False) -> TTTResult:
+                   stride: int | None = None, device=None, sidecar=None, progress: Progress | None = None) -> TTTResult:
     """The document modes' scoring with no update at all: every document scored in chunks with
     context restarting at its BOS (the reference the lora/phased numbers compare against)."""
     cfg = TTTConfig(mode="lora", chunk_tokens=chunk_tokens, epochs=0)

@@ -3,50 +3,47 @@ vocab-8192, MLP x4 GPT (~36 M parameters), the int6 artifact's bytes, and the de
 artifact by the shipped decoder alone in a fresh Python process (time and peak memory).
 
 The model is synthetic but shaped exactly like the trainer's GPT (names and shapes written out
-here, since artifact/ does not import train/): Gaussian weights with std 1/sqrt(fan_in), per-row
+here, so the benchmark does not depend on the trainer's model code): Gaussian weights with std 1/sqrt(fan_in), per-row
 gain spread and a few heavy-tailed outliers; per input space an SPD Hessian X^T X from
 correlated activations with a decaying spectrum and a few loud channels (the MLP's output
 projection sees relu² activations). Q/K/V share one Hessian, as calibration gives them. All of
 it comes from one fixed seed, so two runs pack the same bytes.
 
-    python -m artifact.bench_pack [--layers 11 --dim 512 --vocab 8192 --mlp-mult 4]
-                                  [--recipe seed-001] [--threads 2] [--json]
+    golf bench-pack [--layers 11 --dim 512 --vocab 8192 --mlp-mult 4] [--recipe seed-001]
+                    [--threads 2] [--json]
 
-Targets (issue 3): GPTQ of all matrices <= 120 s and decode <= 5 s on the 2-core CPU.
+Targets: GPTQ of all matrices <= 120 s and decode <= 5 s on the 2-core CPU.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from artifact.cliutil import Progress, add_json_flag, emit
 from artifact.container import write_artifact
-from artifact.errors import ArtifactError, ConfigError, GolfError
 from artifact.pack import pack_state_dict
 from artifact.recipe import load_recipe
+from artifact.runtime.errors import ArtifactError, ConfigError
+from artifact.runtime.progress import Progress
+from artifact.submission import write_runtime_package
 
-DECODER = Path(__file__).resolve().parent / "decoder.py"
 TARGET_GPTQ_S = 120.0
 TARGET_DECODE_S = 5.0
 
 
 @dataclass(frozen=True)
 class BenchShape:
-    """The GPT's shape (defaults: the record scale the issue names)."""
+    """The GPT's shape (defaults: the record scale, 11 layers x 512, vocab 8192)."""
 
     layers: int = 11
     dim: int = 512
@@ -156,7 +153,7 @@ _CHILD = r"""
 import json, resource, sys, time
 sys.path.insert(0, sys.argv[1])
 t0 = time.perf_counter()
-import decoder
+from golf_runtime import decoder
 t1 = time.perf_counter()
 out = decoder.decode(sys.argv[2])
 t2 = time.perf_counter()
@@ -168,14 +165,15 @@ print(json.dumps({"import_s": t1 - t0, "decode_s": t2 - t1, "tensors": len(out),
 
 
 def decode_in_fresh_process(artifact_path: str) -> dict:
-    """Decode `artifact_path` with decoder.py alone (copied into an empty folder, `python -I`);
+    """Decode `artifact_path` with the shipped decoder alone (its runtime modules copied into an
+    empty folder, `python -I`);
     return the child's timings, its wall time and its peak RSS.
 
     Two peak figures: the child's own VmHWM (its address space after exec: the true peak), and
     getrusage(RUSAGE_CHILDREN).ru_maxrss, which Linux inflates to at least the parent's resident
     size at spawn (the high-water mark survives fork/vfork + exec), so it is an upper bound."""
     with tempfile.TemporaryDirectory(prefix="golf-decoder-") as folder:
-        shutil.copy(DECODER, os.path.join(folder, "decoder.py"))
+        write_runtime_package(folder, ("decoder",))
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, "-I", "-c", _CHILD, folder, artifact_path],
                               cwd=folder, capture_output=True, text=True, check=False)
@@ -196,7 +194,7 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_bench(s: BenchShape, recipe_name: str = "seed-001", threads: int = 2, progress: bool = True) -> dict:
+def run_bench(s: BenchShape, recipe_name: str = "seed-001", threads: int = 2, progress: Progress | None = None) -> dict:
     """Build, pack (timed), write and decode (timed, fresh process); return the figures."""
     s.check()
     torch.set_num_threads(max(1, min(2, threads)))
@@ -215,14 +213,14 @@ def run_bench(s: BenchShape, recipe_name: str = "seed-001", threads: int = 2, pr
     stage("build Hessians", time.perf_counter() - t0)
 
     n_matrices = sum(1 for n, t in sd.items() if t.ndim == 2 and n.endswith(".weight"))
-    bar = Progress("bench_pack: pack", len(sd), enabled=progress)
     marks: list[float] = []
     names: list[str] = []
 
     def on_tensor(done: int, total: int, name: str) -> None:
         marks.append(time.perf_counter())
         names.append(name)
-        bar.update(done, name)
+        if progress is not None:
+            progress(done, total, name)
 
     t0 = time.perf_counter()
     packed = pack_state_dict(sd, recipe, hessians, progress=on_tensor, predict_sizes=False)
@@ -290,28 +288,3 @@ def format_table(r: dict) -> str:
             f"sha256 {r['artifact_sha256'][:16]}")
     load = f"load average (1/5/15 min) at the end: {' '.join(map(str, r['load_average']))} on {r['cpus']} CPUs"
     return "\n".join(lines + [gptq, decode, size, load])
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m artifact.bench_pack", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--layers", type=int, default=11)
-    ap.add_argument("--dim", type=int, default=512)
-    ap.add_argument("--vocab", type=int, default=8192)
-    ap.add_argument("--mlp-mult", type=int, default=4)
-    ap.add_argument("--seed", type=int, default=1234)
-    ap.add_argument("--recipe", default="seed-001", help="recipe name or .toml path (default seed-001)")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads (capped at 2)")
-    add_json_flag(ap)
-    args = ap.parse_args(argv)
-    shape = BenchShape(args.layers, args.dim, args.vocab, args.mlp_mult, seed=args.seed)
-    try:
-        result = run_bench(shape, args.recipe, args.threads)
-    except GolfError as exc:
-        print(f"bench_pack: error: {exc}", file=sys.stderr)
-        return 2
-    emit(result, args.json, format_table)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

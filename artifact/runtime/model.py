@@ -1,4 +1,4 @@
-"""The baseline GPT of the challenge (challenge.md §5), configurable down to CPU size, plus every
+"""The baseline GPT of the challenge (artifact/docs/baseline.md), configurable down to CPU size, plus every
 model technique of the seed submissions as a `ModelConfig` switch (all off by default).
 
 Weight-compatible with the challenge's `train_gpt.py`: under `ModelConfig()` the parameter
@@ -16,15 +16,16 @@ training through `GPT.on_train_progress`.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from artifact.errors import ConfigError
-from train.embeddings import HashEmbedding, SmearGate, ValueEmbedding
-from train.layers import Block, CastedLinear, LayerContext, document_mask, zero_init
+from .config import build_dataclass
+from .errors import ConfigError
+from .embeddings import HashEmbedding, SmearGate, ValueEmbedding
+from .layers import Block, CastedLinear, LayerContext, document_mask, zero_init
 
 MLP_ACTIVATIONS = ("relu2", "leaky_relu2")
 ATTENTION_GATES = ("none", "full", "sparse")
@@ -160,11 +161,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "model config") -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown model keys {unknown}")
-        return cls(**data)
+        return build_dataclass(cls, data, source)
 
 
 class GPT(nn.Module):

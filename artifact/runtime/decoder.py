@@ -1,17 +1,10 @@
 """The standalone decoder that ships inside a submission (its bytes count against the budget).
 
-It must import nothing from this project: only the standard library, numpy (or torch) and the
-codec libraries. The rest of the project imports its reading and dequantization from here, so
-the code that is measured is the code that ships.
-
-Blob: MAGIC, version u8, manifest length u32, manifest raw length u32 (little-endian); the
-manifest (raw-deflate JSON); the streams back to back; CRC32 of all before it (u32). Manifest:
-{"S": [[codec, raw bytes, stored bytes], ...], "T": [tensor, ...]}; a tensor is
-{"n": name, "s": shape, "d": original dtype, "b": bits, "h": tensor_hash of the decoded tensor,
- "p": [stream, "f2"|"f4"|"b2"]} (passthrough) or {..., "q": Q, "l": [Q_A, Q_B] (optional LQER)};
-Q = {"c": codes stream, "k": scales stream, "f": "f2"|"f4", "g": group (0 per row, -1 one
-scale), "s": shape (factors only), "t": 1 if stored transposed, "o": row-order stream}.
-A tensor's parts are read from their streams in order: codes, order, scales, then A, B.
+It imports only the standard library, numpy and the codec libraries (plus its own layer's format
+constants and errors). The rest of the project imports its reading and dequantization from here,
+so the code that is measured is the code that ships. Layout and fields: `format` and
+artifact/docs/container.md. A tensor's parts are read from their streams in order: codes,
+row order, scales, then LQER A's and B's parts.
 """
 
 import hashlib
@@ -21,17 +14,14 @@ import zlib
 
 import numpy as np
 
-MAGIC = b"GOLF"
-VERSION = 1
-HEAD = 13  # magic, version, manifest length, manifest raw length
-MAX_MANIFEST = 1 << 24
-MAX_ELEMENTS = 1 << 30  # whole artifact; 2**40-element claims die here, before any allocation
-ANS_LOW = 1 << 31
-FLOATS = ("float32", "bfloat16", "float16", "float64")
-DTYPES = {"f2": "<f2", "f4": "<f4", "b2": "<u2", "i1": "i1", "u2": "<u2", "u4": "<u4"}
+from .errors import ArtifactError
+from .format import (ANS_LOW, CODEC_FAMILIES, CODES, CRC_BYTES, DEINTERLEAVE, DEINTERLEAVE_WIDTHS, DTYPE,
+                     GROUP, HASH, HEAD, LQER, MAGIC, MAX_DIMS, MAX_ELEMENTS, MAX_MANIFEST, NAME, ORIGINAL_DTYPES,
+                     PART_TYPES, PASSTHROUGH, PASSTHROUGH_TYPES, QUANT, ROW_ORDER, ROW_ORDER_U2_MAX_ROWS, SCALE_TYPE,
+                     SCALE_TYPES, SCALES, SHAPE, STREAMS, TENSORS, TRANSPOSED, VERSION)
 
 
-class DecodeError(ValueError):
+class DecodeError(ArtifactError):
     """The artifact is corrupt, truncated, foreign or inconsistent."""
 
 
@@ -64,7 +54,7 @@ _kernel = []
 
 
 def ans_decode(data, n):
-    """Decode n symbols from an rANS stream (layout in artifact/rans.py)."""
+    """Decode n symbols from an rANS stream (layout: artifact/docs/container.md)."""
     need(len(data) >= 12, "ans stream too short")
     scale, lo, span, width = data[:4]
     need(1 <= scale <= 16 and 1 <= width <= 17 and lo + span < 256, "bad ans table header")
@@ -97,6 +87,7 @@ def decompress(codec, data, n):
     """Bytes of one stream, whose raw length must be exactly n (allocation bounded by n)."""
     *xforms, name = codec.split("+")
     name = name.split("-")[0]
+    need(name in CODEC_FAMILIES, f"unknown codec {codec!r}")
     if n == 0:
         need(len(data) == 0, "empty stream with data")
         return b""
@@ -125,11 +116,11 @@ def decompress(codec, data, n):
 
         need(zstandard.frame_content_size(data) in (-1, n), "zstd frame size differs")
         out = zstandard.ZstdDecompressor().decompress(data, max_output_size=n, allow_extra_data=False)
-    else:
-        raise DecodeError(f"unknown codec {codec!r}")
     need(len(out) == n, f"{codec} stream decodes to {len(out)} bytes, not {n}")
     for x in reversed(xforms):  # deinterleaveN: byte k of every N-byte value was stored together
-        w = _int(int(x[12:]) if x[:12] == "deinterleave" and x[12:].isdigit() else 0, 2, 8, "transform")
+        k = len(DEINTERLEAVE)
+        w = int(x[k:]) if x[:k] == DEINTERLEAVE and x[k:].isdigit() else 0
+        _int(w, *DEINTERLEAVE_WIDTHS, "transform")
         need(n % w == 0, "stream length not a multiple of the interleave width")
         out = np.frombuffer(out, np.uint8).reshape(w, -1).T.tobytes()
     return out
@@ -137,41 +128,41 @@ def decompress(codec, data, n):
 
 def _read_manifest(blob):
     blob = memoryview(blob).cast("B")
-    need(len(blob) >= HEAD + 4 and blob[:4] == MAGIC, "not a golf artifact (bad magic or too short)")
+    need(len(blob) >= HEAD + CRC_BYTES and blob[:4] == MAGIC, "not a golf artifact (bad magic or too short)")
     need(blob[4] == VERSION, f"unsupported artifact version {blob[4]}")
-    need(zlib.crc32(blob[:-4]) == int.from_bytes(blob[-4:], "little"), "checksum mismatch")
+    need(zlib.crc32(blob[:-CRC_BYTES]) == int.from_bytes(blob[-CRC_BYTES:], "little"), "checksum mismatch")
     size, raw = int.from_bytes(blob[5:9], "little"), int.from_bytes(blob[9:13], "little")
-    need(HEAD + size + 4 <= len(blob) and raw <= MAX_MANIFEST, "bad manifest length")
+    need(HEAD + size + CRC_BYTES <= len(blob) and raw <= MAX_MANIFEST, "bad manifest length")
     m = json.loads(decompress("zlib", blob[HEAD : HEAD + size], raw))
-    need(type(m) is dict and type(m.get("S")) is list and type(m.get("T")) is list, "bad manifest")
-    for s in m["S"]:
+    need(type(m) is dict and type(m.get(STREAMS)) is list and type(m.get(TENSORS)) is list, "bad manifest")
+    for s in m[STREAMS]:
         need(type(s) is list and len(s) == 3 and type(s[0]) is str, f"bad stream entry {s!r}")
         _int(s[1], 0, MAX_ELEMENTS * 4, "stream length")
         _int(s[2], 0, len(blob), "stream length")
-    need(sum(s[2] for s in m["S"]) == len(blob) - HEAD - size - 4, "stream lengths do not fill the blob")
+    need(sum(s[2] for s in m[STREAMS]) == len(blob) - HEAD - size - CRC_BYTES, "stream lengths do not fill the blob")
     plan(m)
     return m, HEAD + size
 
 
 def _shape(v):
-    need(type(v) is list and len(v) <= 8, f"bad shape {v!r}")
+    need(type(v) is list and len(v) <= MAX_DIMS, f"bad shape {v!r}")
     return tuple(_int(d, 0, MAX_ELEMENTS, "dimension") for d in v)
 
 
 def _quant_parts(q, shape, streams):
-    # The parts of one quantized block: (stream, dtype, shape), in stream order.
+    # The parts of one quantized block: (stream, part type, shape), in stream order.
     need(type(q) is dict, "bad quantized block")
     rows, n = (shape[0] if shape else 1), math.prod(shape)
-    g = _int(q.get("g", 0), -1, MAX_ELEMENTS, "group size")
+    g = _int(q.get(GROUP, 0), -1, MAX_ELEMENTS, "group size")
     need(g != 0 or len(shape) >= 1, "per-row scales need rows")
     need(g <= 0 or (len(shape) == 2 and shape[1] % g == 0 and g > 0), f"group {g} does not divide {shape}")
-    stored = shape[::-1] if q.get("t") else shape
-    need(not q.get("t") or len(shape) == 2, "only 2-D blocks transpose")
-    parts = [(q["c"], "i1", stored)]
-    if "o" in q:
-        parts.append((q["o"], "u2" if rows <= 65536 else "u4", (rows,)))
+    stored = shape[::-1] if q.get(TRANSPOSED) else shape
+    need(not q.get(TRANSPOSED) or len(shape) == 2, "only 2-D blocks transpose")
+    parts = [(q[CODES], "i1", stored)]
+    if ROW_ORDER in q:
+        parts.append((q[ROW_ORDER], "u2" if rows <= ROW_ORDER_U2_MAX_ROWS else "u4", (rows,)))
     nscales = 1 if g < 0 else rows if g == 0 else n // g
-    parts.append((q["k"], _key(q.get("f"), ("f2", "f4")), (nscales,)))
+    parts.append((q[SCALES], _key(q.get(SCALE_TYPE), SCALE_TYPES), (nscales,)))
     for s, _, _ in parts:
         _int(s, 0, len(streams) - 1, "stream index")
     return parts
@@ -183,33 +174,35 @@ def _key(v, allowed):
 
 
 def tensor_parts(t, streams):
-    """Validated (stream, dtype, shape) of every part of manifest tensor t, in read order."""
-    need(type(t) is dict and type(t.get("n")) is str and type(t.get("h")) is str, "bad tensor entry")
-    _key(t.get("d"), FLOATS)
-    shape = _shape(t.get("s"))
-    if "p" in t:
-        need(type(t["p"]) is list and len(t["p"]) == 2, "bad passthrough")
-        return [(_int(t["p"][0], 0, len(streams) - 1, "stream index"), _key(t["p"][1], ("f2", "f4", "b2")), shape)]
-    parts = _quant_parts(t.get("q"), shape, streams)
-    if "l" in t:
-        need(type(t["l"]) is list and len(t["l"]) == 2 and len(shape) == 2, "bad LQER factors")
-        a, b = (_shape(f.get("s")) if type(f) is dict else None for f in t["l"])
+    """Validated (stream, part type, shape) of every part of manifest tensor t, in read order."""
+    need(type(t) is dict and type(t.get(NAME)) is str and type(t.get(HASH)) is str, "bad tensor entry")
+    _key(t.get(DTYPE), ORIGINAL_DTYPES)
+    shape = _shape(t.get(SHAPE))
+    if PASSTHROUGH in t:
+        p = t[PASSTHROUGH]
+        need(type(p) is list and len(p) == 2, "bad passthrough")
+        return [(_int(p[0], 0, len(streams) - 1, "stream index"), _key(p[1], PASSTHROUGH_TYPES), shape)]
+    parts = _quant_parts(t.get(QUANT), shape, streams)
+    if LQER in t:
+        f = t[LQER]
+        need(type(f) is list and len(f) == 2 and len(shape) == 2, "bad LQER factors")
+        a, b = (_shape(x.get(SHAPE)) if type(x) is dict else None for x in f)
         need(len(a) == len(b) == 2 and a[0] == shape[0] and b[1] == shape[1] and a[1] == b[0], "bad LQER shapes")
-        parts += _quant_parts(t["l"][0], a, streams) + _quant_parts(t["l"][1], b, streams)
+        parts += _quant_parts(f[0], a, streams) + _quant_parts(f[1], b, streams)
     return parts
 
 
 def plan(m):
     """Check that every stream's raw length is exactly the sum of the parts read from it."""
-    used, total = [0] * len(m["S"]), 0
-    for t in m["T"]:
-        for s, dt, shape in tensor_parts(t, m["S"]):
+    used, total = [0] * len(m[STREAMS]), 0
+    for t in m[TENSORS]:
+        for s, dt, shape in tensor_parts(t, m[STREAMS]):
             n = math.prod(shape)
             total += n
             need(total <= MAX_ELEMENTS, "artifact claims too many elements")
-            used[s] += n * int(DTYPES[dt][-1])
-    need(used == [s[1] for s in m["S"]], "stream lengths disagree with the tensor shapes")
-    need(len({t["n"] for t in m["T"]}) == len(m["T"]), "duplicate tensor names")
+            used[s] += n * int(PART_TYPES[dt][-1])
+    need(used == [s[1] for s in m[STREAMS]], "stream lengths disagree with the tensor shapes")
+    need(len({t[NAME] for t in m[TENSORS]}) == len(m[TENSORS]), "duplicate tensor names")
 
 
 def apply_lqer(w, a, b):
@@ -221,26 +214,31 @@ def apply_lqer(w, a, b):
 
 def _block(q, shape, take):
     codes = take()
-    if q.get("t"):
+    if q.get(TRANSPOSED):
         codes = codes.T
-    if "o" in q:
+    if ROW_ORDER in q:
         order = take().astype(np.int64)
         need(np.array_equal(np.sort(order), np.arange(len(order))), "row order is not a permutation")
         codes = codes[np.argsort(order)]
     scales = take()
-    g = q.get("g", 0)
+    g = q.get(GROUP, 0)
     return dequantize(codes, scales.reshape(()) if g < 0 else scales, g if g > 0 else None)
 
 
+def bf16_to_float32(bits):
+    """float32 values of bfloat16 bit patterns (uint16)."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
 def _tensor(t, take):
-    shape = tuple(t["s"])
-    if "p" in t:
+    shape = tuple(t[SHAPE])
+    if PASSTHROUGH in t:
         x = take()
-        w = (x.astype(np.uint32) << 16).view(np.float32) if t["p"][1] == "b2" else x.astype(np.float32)
+        w = bf16_to_float32(x) if t[PASSTHROUGH][1] == "b2" else x.astype(np.float32)
         return w.reshape(shape)
-    w = _block(t["q"], shape, take).reshape(shape)
-    if "l" in t:
-        a, b = (_block(f, tuple(f["s"]), take) for f in t["l"])
+    w = _block(t[QUANT], shape, take).reshape(shape)
+    if LQER in t:
+        a, b = (_block(f, tuple(f[SHAPE]), take) for f in t[LQER])
         w = apply_lqer(w, a, b)
     return w
 
@@ -253,23 +251,23 @@ def tensor_hash(w):
 def _decode(blob):
     m, pos = _read_manifest(blob)
     view, streams = memoryview(blob), []
-    for codec, raw, size in m["S"]:
+    for codec, raw, size in m[STREAMS]:
         streams.append([decompress(codec, view[pos : pos + size], raw), 0])
         pos += size
     out = {}
-    for t in m["T"]:
-        parts = iter(tensor_parts(t, m["S"]))
+    for t in m[TENSORS]:
+        parts = iter(tensor_parts(t, m[STREAMS]))
 
         def take():
             s, dt, shape = next(parts)
             data, at = streams[s]
             n = math.prod(shape)
-            streams[s][1] = at + n * int(DTYPES[dt][-1])
-            return np.frombuffer(data, DTYPES[dt], n, at).reshape(shape)
+            streams[s][1] = at + n * int(PART_TYPES[dt][-1])
+            return np.frombuffer(data, PART_TYPES[dt], n, at).reshape(shape)
 
         w = _tensor(t, take)
-        need(tensor_hash(w) == t["h"], f"tensor {t['n']}: hash mismatch")
-        out[t["n"]] = w
+        need(tensor_hash(w) == t[HASH], f"tensor {t[NAME]}: hash mismatch")
+        out[t[NAME]] = w
     return m, out
 
 
@@ -301,10 +299,10 @@ def decode(blob, with_manifest=False):
 
 def decode_torch(blob):
     """decode() as torch tensors in each tensor's original dtype."""
-    import torch
+    import torch  # the numpy decoder itself needs no torch
 
     m, out = decode(blob, True)
-    return {t["n"]: torch.from_numpy(out[t["n"]]).to(getattr(torch, t["d"])) for t in m["T"]}
+    return {t[NAME]: torch.from_numpy(out[t[NAME]]).to(getattr(torch, t[DTYPE])) for t in m[TENSORS]}
 
 
 def _float32(x):

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from train.layers import CastedLinear, zero_init
+from .layers import CastedLinear, zero_init
 
 # Odd multipliers mixing each context position into the hash differently.
 _HASH_MULTIPLIERS = (36313, 27191, 51497)

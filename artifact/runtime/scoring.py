@@ -1,15 +1,15 @@
-"""val_bpb, exactly as the challenge computes it (challenge.md §2–§3), and `golf eval`.
+"""val_bpb, exactly as the challenge computes it (artifact/docs/val_bpb.md), and `golf eval`.
 
 Flow: load the val shards (and a CaseOps byte side-car when the dataset has one) → cut the
 stream into windows (flat or sliding) → run the model over batches of windows → per-token
 cross-entropy in nats (float32) of the scored positions, summed in float64, next to the bytes
-those targets cover (`train.byte_count`) → val_bpb = Σ loss / (ln 2 · Σ bytes).
+those targets cover (`artifact.runtime.byte_count`) → val_bpb = Σ loss / (ln 2 · Σ bytes).
 
 A target position t is the prediction of token t+1 from tokens ≤ t; a window (start, end,
 score_from) feeds tokens[start:end] and predicts tokens[start+1:end+1], scoring its relative
 positions ≥ score_from. Every target is scored exactly once in either mode.
 
-`golf eval --ttt {chunked,lora,phased}` adds a test-time-training run (`train.ttt`) scored on
+`golf eval --ttt {chunked,lora,phased}` adds a test-time-training run (`artifact.runtime.ttt`) scored on
 the same targets with the same `WindowScorer`, and reports both figures.
 """
 
@@ -27,13 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from artifact.cliutil import Progress, add_json_flag, emit
-from artifact.errors import CheckpointError, ConfigError, DataError, GolfError
-from train.byte_count import ByteCounter, check_sidecar
-from train.shards import DataPaths, load_tokens, read_header, read_shard
+from .errors import CheckpointError, ConfigError, DataError, GolfError
+from .byte_count import ByteCounter, check_sidecar
+from .progress import Progress, Reporter
+from .shards import DataPaths, load_tokens, read_header, read_shard, resolve_data
 
 Window = tuple[int, int, int]  # (start, end, score_from): inputs tokens[start:end]
-_COUNT_CHUNK = 1 << 22
 
 
 @dataclass
@@ -82,7 +81,7 @@ def iter_sliding_windows(total: int, seq_len: int, stride: int) -> Iterator[Wind
     positions, window k ≥ 1 only its positions ≥ C = L − S (targets kS+C .. kS+L−1), and exists
     while kS + C < total, i.e. while it has something left to score. Windows at the end are
     cut at `total` (shorter than L). Window 0 exists whenever total ≥ 1, even if total ≤ C."""
-    _check_window_args(seq_len, stride)
+    check_window_args(seq_len, stride)
     if total <= 0:
         return
     context = seq_len - stride
@@ -98,7 +97,7 @@ def sliding_windows(total: int, seq_len: int, stride: int) -> list[Window]:
     return list(iter_sliding_windows(total, seq_len, stride))
 
 
-def _check_window_args(seq_len: int, stride: int | None = None) -> None:
+def check_window_args(seq_len: int, stride: int | None = None) -> None:
     if seq_len < 1:
         raise ConfigError(f"seq_len {seq_len} must be >= 1")
     if stride is not None and not 1 <= stride <= seq_len:
@@ -144,7 +143,7 @@ def _window_bytes(x_np: np.ndarray, y_np: np.ndarray, batch: list[Window], count
 class WindowScorer:
     """Scores batches of windows of one token stream with one model, accumulating Σ loss (float64,
     on the device), Σ bytes and the count of scored targets. Shared by the plain eval and by
-    test-time training (`train.ttt`), so both score a window exactly alike. Construct it once
+    test-time training (`artifact.runtime.ttt`), so both score a window exactly alike. Construct it once
     per stream: it moves the model to the device and checks the stream's ids against its vocab."""
 
     def __init__(self, model: nn.Module, tokens: np.ndarray, counter: ByteCounter | None, sidecar,
@@ -202,7 +201,7 @@ class WindowScorer:
 
 def _score_windows(model: nn.Module, tokens: np.ndarray, windows: Iterator[Window], n_windows: int,
                    counter: ByteCounter | None, sidecar, batch_seqs: int, device,
-                   label: str, progress: bool) -> tuple[float, int, int, float, torch.device]:
+                   label: str, progress: Progress | None) -> tuple[float, int, int, float, torch.device]:
     """Run the model over the windows; return (Σ loss nats, Σ bytes, scored targets, seconds, device)."""
     if batch_seqs < 1:
         raise ConfigError(f"batch_seqs {batch_seqs} must be >= 1")
@@ -210,17 +209,14 @@ def _score_windows(model: nn.Module, tokens: np.ndarray, windows: Iterator[Windo
     was_training = model.training
     model.eval()
     done = 0
-    meter = Progress(label, n_windows, enabled=progress)
-    meter.last = time.perf_counter()  # first line after `every_s`, not at once
+    report = Reporter(progress, n_windows, label)
     t0 = time.perf_counter()
     try:
         with torch.inference_mode():
             for batch in batch_windows(windows, batch_seqs):
                 scorer.score(batch)
                 done += len(batch)
-                if progress and time.perf_counter() - meter.last >= meter.every_s:
-                    # .item() syncs the device, so only when a progress line is due
-                    meter.update(done, f"bpb {scorer.running_bpb():.4f}")
+                report(done, lambda: f"bpb {scorer.running_bpb():.4f}")
         total_loss = scorer.total_loss(label)
     finally:
         model.train(was_training)
@@ -267,7 +263,7 @@ def _result(mode, seq_len, stride, loss, nbytes, scored, seconds, n_windows, dev
     )
 
 
-def _prepare(tokens, counter, sidecar) -> tuple[np.ndarray, np.ndarray | None]:
+def prepare_stream(tokens, counter, sidecar) -> tuple[np.ndarray, np.ndarray | None]:
     arr = np.asarray(tokens)
     if arr.ndim != 1:
         raise DataError(f"val tokens must be a 1-D stream, got shape {arr.shape}")
@@ -278,14 +274,14 @@ def _prepare(tokens, counter, sidecar) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def eval_flat(model: nn.Module, tokens, counter: ByteCounter | None, seq_len: int, batch_seqs: int = 8,
-              device=None, sidecar=None, progress: bool = True) -> EvalResult:
+              device=None, sidecar=None, progress: Progress | None = None) -> EvalResult:
     """Flat eval: the stream truncated to floor((N−1)/L)·L + 1 tokens, cut into consecutive
     windows of L targets, context restarting at each window; every kept target scored once.
     `sidecar` (one byte count per token) replaces the counter's tables. `device` None = where
     the model already is ("auto" = CUDA when available); the model is moved there. CUDA runs
     under bf16 autocast, CPU in float32."""
-    _check_window_args(seq_len)
-    arr, side = _prepare(tokens, counter, sidecar)
+    check_window_args(seq_len)
+    arr, side = prepare_stream(tokens, counter, sidecar)
     n_windows = (arr.size - 1) // seq_len if arr.size else 0
     if n_windows == 0:
         raise DataError(f"flat eval at seq_len {seq_len} needs at least {seq_len + 1} tokens, got {arr.size}")
@@ -299,12 +295,12 @@ def eval_flat(model: nn.Module, tokens, counter: ByteCounter | None, seq_len: in
 
 
 def eval_sliding(model: nn.Module, tokens, counter: ByteCounter | None, seq_len: int, stride: int,
-                 batch_seqs: int = 8, device=None, sidecar=None, progress: bool = True) -> EvalResult:
+                 batch_seqs: int = 8, device=None, sidecar=None, progress: Progress | None = None) -> EvalResult:
     """Sliding-window eval over all N−1 targets (see `iter_sliding_windows`): each target is
     scored exactly once, with up to L − S tokens of context beyond window 0. Other arguments
     as in `eval_flat`."""
-    _check_window_args(seq_len, stride)
-    arr, side = _prepare(tokens, counter, sidecar)
+    check_window_args(seq_len, stride)
+    arr, side = prepare_stream(tokens, counter, sidecar)
     total = arr.size - 1
     if total < 1:
         raise DataError(f"sliding eval needs at least 2 tokens, got {arr.size}")
@@ -335,210 +331,33 @@ def load_val(data: DataPaths, vocab_size: int | None) -> tuple[np.ndarray, np.nd
     return tokens, sidecar
 
 
-def unigram_bpb(train_tokens, val_tokens, counter: ByteCounter | None, seq_len: int,
-                sidecar=None, vocab_size: int | None = None) -> float:
-    """bpb of an add-one smoothed unigram model fitted on `train_tokens`, scored on exactly the
-    targets `eval_flat` scores at `seq_len` (same truncation, same byte rule). The smoothing
-    spans `vocab_size` ids (default: the counter's table size)."""
-    _check_window_args(seq_len)
-    val, side = _prepare(val_tokens, counter, sidecar)
-    vocab = vocab_size or (counter.table_size if counter is not None else None)
-    if vocab is None:
-        raise ConfigError("unigram_bpb needs vocab_size when no ByteCounter is given")
-    train = np.asarray(train_tokens)
-    if train.size == 0:
-        raise DataError("unigram_bpb: no training tokens")
-    if int(train.max()) >= vocab or int(val.max()) >= vocab:
-        raise DataError(f"unigram_bpb: token ids reach {max(int(train.max()), int(val.max()))}, "
-                        f"beyond the vocab of {vocab}")
-    kept = flat_kept_tokens(val.size, seq_len)
-    if kept < 2:
-        raise DataError(f"unigram_bpb at seq_len {seq_len} needs at least {seq_len + 1} val tokens")
-    counts = np.zeros(vocab, dtype=np.float64)
-    for i in range(0, train.size, _COUNT_CHUNK):  # chunks: no int64 copy of a 100M-token shard
-        counts += np.bincount(train[i:i + _COUNT_CHUNK], minlength=vocab)
-    log_p = np.log(counts + 1.0) - math.log(train.size + vocab)
-    loss, nbytes = 0.0, 0
-    for lo in range(1, kept, _COUNT_CHUNK):  # target token indices lo..hi-1
-        hi = min(lo + _COUNT_CHUNK, kept)
-        loss -= float(log_p[val[lo:hi]].sum())
-        if side is not None:
-            nbytes += int(side[lo:hi].sum(dtype=np.int64))
-        else:
-            nbytes += int(counter.count(val[lo - 1:hi - 1], val[lo:hi]).sum())
-    if nbytes <= 0:
-        raise DataError("unigram_bpb: the scored targets cover 0 bytes")
-    return loss / (math.log(2) * nbytes)
+@dataclass
+class ValStream:
+    """The val tokens of a dataset and what counts their bytes: a tokenizer's tables or, for a
+    CaseOps dataset, the byte side-car (then `counter` is None)."""
+
+    tokens: np.ndarray
+    counter: ByteCounter | None
+    sidecar: np.ndarray | None
+    data: DataPaths
+
+    @property
+    def byte_rule(self) -> str:
+        return "side-car" if self.sidecar is not None else "tokenizer tables"
 
 
-# ----------------------------------------------------------------------------- command line
-def _meta_seq_len(meta) -> int | None:
-    """The training sequence length recorded in a checkpoint's metadata, if any."""
-    if not isinstance(meta, dict):
-        return None
-    for key in ("seq_len", "train_seq_len"):
-        if isinstance(meta.get(key), int):
-            return meta[key]
-    for section in ("train", "training", "config"):
-        sub = meta.get(section)
-        if isinstance(sub, dict):
-            found = _meta_seq_len(sub)
-            if found:
-                return found
-    return None
-
-
-def register(sub) -> None:
-    p = sub.add_parser("eval", help="exact val_bpb of a checkpoint (flat or sliding window, optional TTT)",
-                       description="Score a checkpoint on a dataset's validation shards with the "
-                                   "challenge's exact val_bpb rule. Numbers on non-FineWeb text are "
-                                   "not comparable with FineWeb results.")
-    p.add_argument("checkpoint", nargs="?", default=None,
-                   help="checkpoint folder or file (default: the bundled checkpoint)")
-    p.add_argument("--data", default=None, help="data root or dataset folder (default: bundled data)")
-    p.add_argument("--seq-len", type=int, default=None,
-                   help="window length L (default: the checkpoint's training seq_len, else 1024)")
-    p.add_argument("--stride", type=int, default=None, help="sliding-window stride S (default: flat eval)")
-    p.add_argument("--batch-seqs", type=int, default=8, help="windows per forward pass (default 8)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="auto = CUDA (bf16 autocast) when available, else CPU (float32)")
-    p.add_argument("--max-tokens", type=int, default=None,
-                   help="evaluate only the first N val tokens (quick looks; not the full score)")
-    add_ttt_flags(p)
-    add_json_flag(p)
-    p.set_defaults(run=_run_eval, help_parser=p)
-
-
-# flag -> (TTTConfig field, type, help); defaults live in TTTConfig alone
-_TTT_FLAGS = {
-    "--ttt-chunk": ("chunk_tokens", int, "targets per chunk (default 32768 chunked, 64 lora/phased; <= seq_len there)"),
-    "--ttt-epochs": ("epochs", int, "passes over each scored chunk (lora: steps per chunk; default 1)"),
-    "--ttt-optimizer": ("optimizer", str, "full-model optimizer: sgd or adamw (default sgd)"),
-    "--ttt-lr": ("lr", float, "full-model lr (chunked; phased global phases; default 0.002)"),
-    "--ttt-momentum": ("momentum", float, "SGD momentum (default 0.9)"),
-    "--ttt-weight-decay": ("weight_decay", float, "weight decay (default 0)"),
-    "--ttt-grad-clip": ("grad_clip", float, "gradient-norm clip, 0 = off (default 1.0)"),
-    "--ttt-freeze-blocks": ("frozen_blocks", int, "freeze the first N blocks (default 0)"),
-    "--ttt-batch-seqs": ("batch_seqs", int, "training windows per step (default 8)"),
-    "--ttt-seq-len": ("train_seq_len", int, "full-model training window length (default: --seq-len)"),
-    "--ttt-lora-rank": ("lora_rank", int, "LoRA rank (default 8)"),
-    "--ttt-lora-alpha": ("lora_alpha", float, "LoRA alpha; the delta is scaled alpha/rank (default 16)"),
-    "--ttt-lora-lr": ("lora_lr", float, "LoRA lr (default 0.001)"),
-    "--ttt-lora-optimizer": ("lora_optimizer", str, "LoRA optimizer: sgd or adamw (default adamw)"),
-    "--ttt-lora-targets": ("lora_targets", str, "comma list of nn.Linear names/suffixes, or 'all' "
-                                                "(default c_q,c_v,attn.proj,mlp.fc,mlp.proj)"),
-    "--ttt-phases": ("phases", int, "phased: global phases over the prefix documents (default 1)"),
-    "--ttt-prefix-docs": ("prefix_docs", int, "phased: documents covered by the global phases (default 2000)"),
-    "--ttt-global-epochs": ("global_epochs", int, "phased: passes over the scored documents per phase (default 1)"),
-    "--ttt-seed": ("seed", int, "seed of the LoRA initialisation (default 0)"),
-}
-
-
-def add_ttt_flags(p) -> None:
-    """The `--ttt` flags of `golf eval` (and of `golf pack`, so a submission scores the same way)."""
-    g = p.add_argument_group("test-time training (score first, then train on scored tokens only)")
-    g.add_argument("--ttt", choices=("chunked", "lora", "phased"), default=None,
-                   help="also score with test-time training and report both val_bpb figures")
-    for flag, (dest, kind, text) in _TTT_FLAGS.items():
-        metavar = {int: "N", float: "X"}.get(kind, "NAME")
-        g.add_argument(flag, dest="ttt_" + dest, type=kind, default=None, metavar=metavar, help=text)
-    g.add_argument("--ttt-no-cosine", dest="ttt_cosine", action="store_false", default=None,
-                   help="constant lr instead of the cosine decay over the stream / phases")
-
-
-def ttt_config_from_args(args):
-    """The TTTConfig of the command line (only the flags given override its defaults)."""
-    from train.ttt import TTTConfig
-
-    given = {dest: getattr(args, "ttt_" + dest) for dest, _, _ in _TTT_FLAGS.values()}
-    given["cosine"] = args.ttt_cosine
-    overrides = {k: v for k, v in given.items() if v is not None}
-    return TTTConfig(mode=args.ttt, **overrides)
-
-
-def _run_eval(args) -> int:
-    from train.bundled import BUNDLED_CHECKPOINT, BUNDLED_DATA
-    from train.checkpoint import load_checkpoint
-    from train.shards import resolve_data
-
-    ttt_cfg = ttt_config_from_args(args) if args.ttt else None  # bad knobs fail before any work
-    ckpt = Path(args.checkpoint) if args.checkpoint else BUNDLED_CHECKPOINT
-    model, cfg, meta = load_checkpoint(ckpt)
-    vocab = int(cfg.vocab_size)
-    data = resolve_data(args.data or BUNDLED_DATA, vocab_size=vocab)
-    if data.vocab_size is not None and data.vocab_size > vocab:
-        raise DataError(f"{data.dataset_dir}: dataset vocab {data.vocab_size} exceeds the model's {vocab}")
-    tokens, sidecar = load_val(data, vocab)
-    counter = None
-    if data.tokenizer is not None:
-        counter = ByteCounter.from_sentencepiece(data.tokenizer, vocab)
-    elif sidecar is None:
-        data.require_tokenizer()  # raises: no way to count bytes
-    if args.max_tokens is not None:
-        if args.max_tokens < 2:
-            raise ConfigError(f"--max-tokens {args.max_tokens} must be >= 2")
-        tokens = tokens[:args.max_tokens]
-        sidecar = sidecar[:args.max_tokens] if sidecar is not None else None
-    seq_len = args.seq_len or _meta_seq_len(meta) or 1024
-    if ttt_cfg is not None:
-        ttt_cfg.chunk_for(seq_len)
-    common = dict(batch_seqs=args.batch_seqs, device=args.device, sidecar=sidecar, progress=True)
-    if args.stride is not None:
-        result = eval_sliding(model, tokens, counter, seq_len, args.stride, **common)
-    else:
-        result = eval_flat(model, tokens, counter, seq_len, **common)
-    out = result.to_dict()
-    out.update(checkpoint=str(ckpt), dataset=str(data.dataset_dir),
-               byte_rule="side-car" if sidecar is not None else "tokenizer tables",
-               val_tokens=int(np.asarray(tokens).size))
-    if ttt_cfg is not None:
-        out["ttt"] = _ttt_figures(model, tokens, counter, seq_len, args, ttt_cfg, sidecar, result)
-    emit(out, args.json, _text)
-    return 0
-
-
-def _ttt_figures(model, tokens, counter, seq_len, args, cfg, sidecar, plain: EvalResult) -> dict:
-    """The TTT run's figures next to the plain eval's; document modes also report the
-    per-document scoring without any update (their context restarts at each BOS)."""
-    from train.ttt import eval_documents, run_ttt
-
-    common = dict(stride=args.stride, device=args.device, sidecar=sidecar)
-    res = run_ttt(model, tokens, counter, seq_len, cfg, batch_seqs=args.batch_seqs, progress=True, **common)
-    if (res.tokens, res.bytes) != (plain.tokens, plain.bytes):  # the proof's premise; never expected
-        raise GolfError(f"ttt scored {res.tokens} targets / {res.bytes} bytes, the plain eval "
-                        f"{plain.tokens} / {plain.bytes}")
-    out = res.to_dict()
-    out.update(baseline_val_bpb=plain.val_bpb, gain_bpb=plain.val_bpb - res.val_bpb, doc_baseline=None)
-    if cfg.mode != "chunked":
-        docs = eval_documents(model, tokens, counter, seq_len, res.chunk_tokens, progress=True, **common)
-        out["doc_baseline"] = {"val_bpb": docs.val_bpb, "val_loss": docs.val_loss, "seconds": docs.seconds}
-    return out
-
-
-def _text(r: dict) -> str:
-    mode = r["mode"] + (f" (stride {r['stride']})" if r["stride"] else "")
-    return "\n".join([
-        f"checkpoint   {r['checkpoint']}",
-        f"dataset      {r['dataset']}  (bytes from {r['byte_rule']})",
-        f"mode         {mode}, seq_len {r['seq_len']}, {r['windows']} windows on {r['device']}",
-        f"val_loss     {r['val_loss']:.6f} nats/token",
-        f"val_bpb      {r['val_bpb']:.6f}",
-        f"scored       {r['tokens']:,} tokens, {r['bytes']:,} bytes",
-        f"time         {r['seconds']:.2f} s, {r['tokens_per_s']:,.0f} tokens/s",
-        *(_ttt_text(r["ttt"]) if r.get("ttt") else []),
-    ])
-
-
-def _ttt_text(t: dict) -> list[str]:
-    lines = [
-        f"ttt          {t['mode']}, chunk {t['chunk_tokens']}, {t['chunks']} chunks"
-        + (f", {t['documents']} documents" if t["documents"] else "")
-        + f", {t['updates']} updates on {t['device']}",
-    ]
-    if t.get("doc_baseline"):
-        lines.append(f"ttt doc ref  val_bpb {t['doc_baseline']['val_bpb']:.6f} (documents scored apart, no update)")
-    lines += [
-        f"ttt val_bpb  {t['val_bpb']:.6f}  (without TTT {t['baseline_val_bpb']:.6f}, gain {t['gain_bpb']:+.6f})",
-        f"ttt time     {t['seconds']:.2f} s (scoring {t['score_seconds']:.2f} s, training {t['train_seconds']:.2f} s)",
-    ]
-    return lines
+def val_stream(data: DataPaths | str | Path, vocab_size: int, max_tokens: int | None = None) -> ValStream:
+    """The val stream of a data folder (or resolved DataPaths) for a model of `vocab_size`, cut
+    to the first `max_tokens` tokens when given. A dataset built for a larger vocabulary than the
+    model's, or one with no way to count bytes, is a DataError."""
+    paths = data if isinstance(data, DataPaths) else resolve_data(data, vocab_size=vocab_size)
+    if paths.vocab_size is not None and paths.vocab_size > vocab_size:
+        raise DataError(f"{paths.dataset_dir}: dataset vocab {paths.vocab_size} exceeds the model's {vocab_size}")
+    tokens, sidecar = load_val(paths, vocab_size)
+    counter = None if sidecar is not None else ByteCounter.from_sentencepiece(paths.require_tokenizer(), vocab_size)
+    if max_tokens is not None:
+        if max_tokens < 2:
+            raise ConfigError(f"max_tokens {max_tokens} must be >= 2")
+        tokens = tokens[:max_tokens]
+        sidecar = sidecar[:max_tokens] if sidecar is not None else None
+    return ValStream(tokens, counter, sidecar, paths)

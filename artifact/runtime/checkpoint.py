@@ -17,14 +17,14 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import re
 from pathlib import Path
 
 import torch
 
-from artifact.errors import CheckpointError, ConfigError
-from train.model import GPT, ModelConfig, state_dict_shapes
+from .errors import CheckpointError, ConfigError
+from .files import atomic_write
+from .model import GPT, ModelConfig, state_dict_shapes
 
 MODEL_FILE = "model.pt"
 CONFIG_FILE = "config.json"
@@ -37,15 +37,6 @@ _PREFIXES = ("module.", "_orig_mod.")
 
 
 # ---------------------------------------------------------------------------------------- save
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
 
 def state_dict_bytes(model: torch.nn.Module) -> bytes:
     """torch.save bytes of the model's float32 CPU state dict (same weights → same bytes)."""
@@ -61,8 +52,8 @@ def save_checkpoint(out_dir: str | Path, model: torch.nn.Module, cfg: ModelConfi
     out_dir.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "version": FORMAT_VERSION, "model": cfg.to_dict(), "meta": meta}
     text = json.dumps(payload, indent=2, sort_keys=True, default=str, allow_nan=True) + "\n"
-    _atomic_write(out_dir / MODEL_FILE, state_dict_bytes(model))
-    _atomic_write(out_dir / CONFIG_FILE, text.encode())
+    atomic_write(out_dir / MODEL_FILE, state_dict_bytes(model))
+    atomic_write(out_dir / CONFIG_FILE, text)
     return out_dir
 
 
@@ -247,3 +238,18 @@ def validate_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig, path: 
 def checkpoint_parameter_bytes(cfg: ModelConfig) -> int:
     """Bytes of the fp32 state dict's tensor data for `cfg` (excluding torch.save overhead)."""
     return 4 * sum(math.prod(s) for s in state_dict_shapes(cfg).values())
+
+
+def train_seq_len(meta) -> int | None:
+    """The training sequence length recorded in a checkpoint's meta (at the top or in a
+    train/training/train_config/config section), if any."""
+    if not isinstance(meta, dict):
+        return None
+    for key in ("seq_len", "train_seq_len"):
+        if isinstance(meta.get(key), int) and not isinstance(meta[key], bool) and meta[key] > 0:
+            return meta[key]
+    for section in ("train_config", "train", "training", "config"):
+        found = train_seq_len(meta.get(section))
+        if found:
+            return found
+    return None

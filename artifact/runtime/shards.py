@@ -1,4 +1,5 @@
-"""The challenge's token shard format and dataset layout (challenge.md §2), read and written exactly.
+"""The challenge's token shard format and dataset layout (artifact/docs/shards.md), read exactly;
+the writer is `train.shard_writer`, on these constants.
 
 A shard is 256 little-endian int32 (magic 20240520, version 1, token count N, zeros) followed by
 N little-endian uint16 tokens; its size must be exactly 1024 + 2N bytes. Byte side-car shards
@@ -13,14 +14,13 @@ folder written by `golf data build`; the dataset folder itself is accepted too.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from artifact.errors import DataError, ShardError
+from .errors import DataError, ShardError
 
 MAGIC = 20240520
 VERSION = 1
@@ -35,27 +35,6 @@ _SIDECAR_RE = re.compile(r"^(?P<prefix>.+)_val_bytes_(?P<index>\d{6})\.bin$")
 def shard_name(prefix: str, split: str, index: int) -> str:
     """File name of shard `index` of `split` ("train", "val" or "val_bytes")."""
     return f"{prefix}_{split}_{index:06d}.bin"
-
-
-def write_shard(path: str | Path, tokens) -> Path:
-    """Write `tokens` (ints in [0, 65536)) as one shard, atomically (temp file + rename)."""
-    path = Path(path)
-    arr = np.asarray(tokens)
-    if arr.ndim != 1:
-        raise ShardError(f"{path}: tokens must be one-dimensional, got shape {arr.shape}")
-    if arr.size >= 2**31:
-        raise ShardError(f"{path}: {arr.size} tokens is more than one shard can hold")
-    if arr.size and (arr.min() < 0 or arr.max() >= MAX_VOCAB):
-        raise ShardError(f"{path}: token ids must lie in [0, 65536)")
-    header = np.zeros(HEADER_INTS, dtype="<i4")
-    header[0], header[1], header[2] = MAGIC, VERSION, arr.size
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(header.tobytes())
-        f.write(arr.astype("<u2", copy=False).tobytes())
-    os.replace(tmp, path)
-    return path
 
 
 def read_header(path: str | Path) -> int:

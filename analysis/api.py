@@ -1,0 +1,93 @@
+"""golf from Python: the six calls a notebook needs, with the CLI's defaults.
+
+    from analysis import api as golf
+
+    run = golf.fit(budget="demo")                       # measure, solve, pack, verify
+    print(run.verify.line())                            # FITS total=… val_bpb=…
+    golf.inspect(run.submission)["totals"]              # bytes per tensor, from the blob alone
+    golf.compare(recipes=["record-1855", "seed-004"])   # recipes side by side (a DataFrame)
+    golf.evaluate(max_tokens=32_769).val_bpb            # the exact val_bpb of a checkpoint
+
+Every call defaults to the bundled checkpoint and data (train/bundled/), as the CLI does; pass
+paths for your own. Errors are `artifact.runtime.errors.GolfError` subclasses with one clear
+message. Progress goes to stderr only when `progress=True`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.cliutil import Meter, say
+from analysis.compare import DEFAULT_RECIPES, compare_recipes
+from artifact.budget import resolve_budget
+from artifact.container import inspect as inspect_blob
+from artifact.measure import Grid
+from artifact.pipeline import FitRun, PackRun, evaluate_checkpoint, fit_checkpoint, pack_checkpoint, prepare
+from artifact.runtime.scoring import EvalResult
+from artifact.runtime.ttt import TTTConfig
+from artifact.submission import BLOB
+from artifact.verify import VerifyResult
+from artifact.verify import verify as verify_folder
+from train.bundled import BUNDLED_CHECKPOINT, BUNDLED_DATA
+
+__all__ = ["compare", "evaluate", "fit", "inspect", "pack", "verify"]
+
+
+def _progress(on: bool):
+    return Meter if on else None
+
+
+def fit(checkpoint=BUNDLED_CHECKPOINT, budget: str | int = "demo", out="runs/fit", data=BUNDLED_DATA,
+        cache="runs/fit-cache", pins: dict[str, str] | None = None, dry_run: bool = False, compact: bool = True,
+        jobs: int | None = None, grid: Grid | None = None, max_tokens: int | None = None,
+        progress: bool = False) -> FitRun:
+    """The lowest-predicted-loss artifact of `checkpoint` under `budget` (a budgets.toml name or a
+    byte count, code included), written to OUT/submission with OUT/recipe.toml and verified in a
+    fresh process. Returns the FitRun: `.result` (choices, predicted bytes and loss), and unless
+    `dry_run` `.submission`, `.real_total` and `.verify` (the VerifyResult)."""
+    p = prepare(checkpoint, data, cache, grid, _progress(progress), jobs)
+    return fit_checkpoint(p, resolve_budget(budget), out, data, pins, dry_run, compact, max_tokens,
+                          budget_label=str(budget), log=say if progress else None)
+
+
+def pack(checkpoint=BUNDLED_CHECKPOINT, recipe: str | Path = "record-1855", out="runs/pack", data=BUNDLED_DATA,
+         budget: str | int | None = None, compact: bool = True, seq_len: int | None = None,
+         ttt: TTTConfig | None = None, progress: bool = False) -> PackRun:
+    """Pack `checkpoint` by a fixed recipe (a name in artifact/recipes or a .toml path) into the
+    submission folder `out`. Returns the PackRun: `.packed` (entries, per-tensor rows, dequantized
+    weights), `.written` (files and hashes) and `.count` (bytes against the budget)."""
+    return pack_checkpoint(checkpoint, recipe, out, data, budget, compact, seq_len, ttt, _progress(progress))
+
+
+def verify(submission, budget: str | int | None = None, data=BUNDLED_DATA, max_tokens: int | None = None,
+           stride: int | None = None, device: str = "cpu", timeout: float = 3600.0) -> VerifyResult:
+    """Run the submission folder in a fresh, guarded process: count its bytes against `budget`
+    (default demo), decode, score. `.fits`, `.val_bpb`, `.line()` are the verdict. This executes
+    the submission's code."""
+    return verify_folder(submission, budget, data, stride=stride, max_tokens=max_tokens, device=device,
+                         timeout=timeout)
+
+
+def inspect(blob) -> dict:
+    """Every tensor's scheme, bytes and bits per weight, from a model.blob (or a submission folder)
+    alone: {"tensors": [...], "streams": [...], "totals": {...}}."""
+    path = Path(blob)
+    return inspect_blob(path / BLOB if path.is_dir() else path)
+
+
+def compare(checkpoint=BUNDLED_CHECKPOINT, recipes=DEFAULT_RECIPES, data=BUNDLED_DATA,
+            budget: str | int | None = None, max_tokens: int | None = None, compact: bool = True) -> pd.DataFrame:
+    """Recipes side by side on one checkpoint: total bytes as shipped, val_bpb and gap to the
+    unquantized model (the first row), with fits/headroom columns when `budget` is given."""
+    return compare_recipes(checkpoint, list(recipes), data, budget, max_tokens, compact)
+
+
+def evaluate(checkpoint=BUNDLED_CHECKPOINT, data=BUNDLED_DATA, seq_len: int | None = None,
+             stride: int | None = None, max_tokens: int | None = None, device: str = "auto",
+             progress: bool = False) -> EvalResult:
+    """The exact val_bpb of a checkpoint on a dataset's val shards (flat windows, or sliding with
+    `stride`); `seq_len` defaults to the checkpoint's training length."""
+    meter = Meter("eval") if progress else None
+    return evaluate_checkpoint(checkpoint, data, seq_len, stride, max_tokens, device=device, progress=meter)

