@@ -59,12 +59,18 @@ def shipped_modules():
             for name, mod in sorted(sys.modules.items()) if name == package or name.startswith(package + ".")}
 
 
+def build_model(config, folder):
+    """The (untrained) model config.json describes: the seam every scorer of a submission uses
+    (this entry, and the verifier re-scoring the decoded weights)."""
+    return GPT(ModelConfig.from_dict(config["model"], source="config.json"))
+
+
 def load_model(folder, config):
-    """GPT of config.json with model.blob's decoded weights; (model, tensor count, seconds)."""
+    """The model of config.json with model.blob's decoded weights; (model, tensor count, seconds)."""
     t0 = time.perf_counter()
     weights = decode(os.path.join(folder, "model.blob"))  # raises DecodeError on any hash mismatch
     seconds = time.perf_counter() - t0
-    model = GPT(ModelConfig.from_dict(config["model"], source="config.json"))
+    model = build_model(config, folder)
     # float32 values straight from the decoder: the hashed weights are exactly what is scored
     model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()}, strict=True)
     return model.eval(), len(weights), seconds
