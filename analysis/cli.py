@@ -19,7 +19,8 @@ from dataclasses import dataclass  # noqa: E402
 from importlib.metadata import PackageNotFoundError, version  # noqa: E402
 from typing import Callable  # noqa: E402
 
-from analysis import cmd_bench, cmd_data, cmd_eval, cmd_fit, cmd_pack, cmd_report, cmd_train  # noqa: E402
+from analysis import (cmd_bench, cmd_data, cmd_eval, cmd_export, cmd_fit, cmd_pack, cmd_record,  # noqa: E402
+                      cmd_report, cmd_train)
 from artifact.runtime.errors import GolfError  # noqa: E402
 
 
@@ -72,6 +73,18 @@ COMMANDS = (
             "Measure every tensor's candidates (cached), solve for the lowest predicted loss under the "
             "budget (code and container bytes included), pack, verify in a fresh process, compare "
             "with fixed recipes and write a report."),
+    Command("export", "write a recipe's packer and decoder as one file for a train_gpt.py",
+            cmd_export.add_arguments, cmd_export.run,
+            "Write ONE self-contained Python file (standard library, numpy, torch and the codec "
+            "libraries the recipe names) with collect_hessians(model, batches), pack(state_dict, "
+            "hessians) -> bytes and unpack(bytes) -> state_dict for a fit's recipe (FIT_DIR/recipe.toml) "
+            "or any recipe, generated from golf's own packer and decoder; prints its counted bytes."),
+    Command("record", "write a challenge records folder: README, submission.json, logs, byte count",
+            cmd_record.add_arguments, cmd_record.run,
+            "Write a Parameter Golf records folder: train_gpt.py (and other counted code), the train "
+            "logs, submission.json in the challenge's schema with every seed's figures parsed from its "
+            "log, a README skeleton with the byte breakdown, and golf's own facts in golf.json. With "
+            "several seeds: mean, std and the one-sided p-value of beating a stated SOTA by 0.005 nats."),
     Command("compare", "recipes side by side on one checkpoint: bytes, val_bpb, gap",
             cmd_report.add_compare_arguments, cmd_report.run_compare),
     Command("rank-check", "rank correlation of the fit's predicted vs real loss increase",

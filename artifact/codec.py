@@ -25,9 +25,7 @@ import re
 import zlib
 from dataclasses import dataclass
 
-import brotli
 import numpy as np
-import zstandard
 
 from artifact import rans
 from artifact.runtime.decoder import DecodeError, decompress as decode_stream
@@ -116,9 +114,15 @@ def _compress_bytes(spec: CodecSpec, raw: bytes) -> bytes:
     if f == "zlib":
         c = zlib.compressobj(level, zlib.DEFLATED, -15)  # raw deflate: no header, no adler
         return c.compress(raw) + c.flush()
+    # The codec libraries are imported where they are used, as the decoder does: an exported
+    # codec needs only the ones its recipe names.
     if f == "zstd":
+        import zstandard
+
         return zstandard.ZstdCompressor(level=level, write_content_size=False, write_checksum=False).compress(raw)
     if f == "brotli":
+        import brotli
+
         return brotli.compress(raw, quality=level)
     preset = level | (lzma.PRESET_EXTREME if spec.extreme else 0)
     return lzma.compress(raw, format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2, "preset": preset}])

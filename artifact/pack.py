@@ -90,12 +90,21 @@ def calibrate_for_recipe(model: torch.nn.Module, recipe: Recipe, train_tokens=No
         ids = generate_calibration(model, cal.n_seqs, cal.seq_len, cal.temperature, cal.seed,
                                    cal.batch_size, cal.bos_id)
         batches = list(ids.split(cal.batch_size))
-    hessians = collect_hessians(model, batches, output_input_fn=output_input_fn, output_key=cal.output_key,
-                                progress=progress)
+    return hessians_for_recipe(model, recipe, batches, output_input_fn, progress)
+
+
+def hessians_for_recipe(model: torch.nn.Module, recipe: Recipe, batches,
+                        output_input_fn: Callable[[Tensor], Tensor] | None = None,
+                        progress: Progress | None = None) -> dict[str, Tensor | None]:
+    """Hessians from the given calibration `batches` (token-id tensors), keyed as
+    `pack_state_dict` reads them: X^T X per linear weight, the tied output layer's under the
+    recipe's `output_key` via `output_input_fn`, and None for every other 2-D parameter."""
+    key = recipe.calibration.output_key
+    hessians = collect_hessians(model, batches, output_input_fn=output_input_fn, output_key=key, progress=progress)
     out = dict(hessians.matrices)
     # None marks a matrix no linear layer reads (an extra embedding table: bigram hash, value
     # embeddings): calibrated, but with no Hessian to have. GPTQ rules round it to nearest.
-    out.update({n: None for n, p in model.named_parameters() if p.ndim == 2 and n not in out and n != cal.output_key})
+    out.update({n: None for n, p in model.named_parameters() if p.ndim == 2 and n not in out and n != key})
     return out
 
 
@@ -109,6 +118,24 @@ def pack_state_dict(state_dict: dict[str, Tensor], recipe: Recipe, hessians=None
     needs them (`recipe_needs_hessians`). `progress(done, total, name)` hears each tensor.
     `predict_sizes=False`
     skips the per-tensor byte predictions (rows then hold None) for speed."""
+    packed, targets, pm1 = _pack_tensors(state_dict, recipe, hessians, progress)
+    entries = [_entry(p, recipe) for p in packed.values()]
+    dequantized = {e.name: torch.from_numpy(decoded_weights(e)) for e in entries}
+    rows = [_row(p, e, dequantized[e.name], _hessian(hessians, e.name), predict_sizes)
+            for p, e in zip(packed.values(), entries)]
+    return PackResult(entries, rows, dequantized, recipe.name, targets, pm1)
+
+
+def pack_entries(state_dict: dict[str, Tensor], recipe: Recipe, hessians=None, progress=None) -> list[TensorEntry]:
+    """The container entries of `pack_state_dict` alone (no figures, no decoded weights): what
+    `container.build_blob` turns into the artifact."""
+    packed, _, _ = _pack_tensors(state_dict, recipe, hessians, progress)
+    return [_entry(p, recipe) for p in packed.values()]
+
+
+def _pack_tensors(state_dict, recipe: Recipe, hessians, progress) -> tuple[dict[str, _Packed], list[str], int]:
+    """Every tensor quantized, LQER-corrected and ±1-pruned: (work per tensor, LQER targets,
+    ±1 codes zeroed)."""
     plans = recipe.plan(state_dict)
     for name, t in state_dict.items():  # fail before any work on a bad checkpoint
         _check_finite(t.detach(), name)
@@ -125,11 +152,7 @@ def pack_state_dict(state_dict: dict[str, Tensor], recipe: Recipe, hessians=None
         report(i + 1, name)
     targets = _apply_lqer(packed, recipe, hessians) if recipe.lqer is not None else []
     pm1 = _apply_pm1(packed, recipe) if recipe.prune_pm1 and recipe.prune_pm1.target_bytes else 0
-    entries = [_entry(p, recipe) for p in packed.values()]
-    dequantized = {e.name: torch.from_numpy(decoded_weights(e)) for e in entries}
-    rows = [_row(p, e, dequantized[e.name], _hessian(hessians, e.name), predict_sizes)
-            for p, e in zip(packed.values(), entries)]
-    return PackResult(entries, rows, dequantized, recipe.name, targets, pm1)
+    return packed, targets, pm1
 
 
 def _check_finite(t: Tensor, name: str) -> None:

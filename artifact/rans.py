@@ -16,9 +16,11 @@ with every word consumed, which the decoder checks.
 
 The size is EXACT without writing anything: `rans_size` runs the same kernel in counting mode
 (`out` of length 0), so the renormalisations counted are the ones the encoder would emit.
+
+The kernels are compiled by numba on first use, so importing this module needs no numba (an
+exported codec whose recipe codes no `ans` stream never imports it).
 """
 
-import numba
 import numpy as np
 
 from artifact.runtime.format import ANS_LOW
@@ -30,7 +32,23 @@ HEADER_BYTES = 4
 STATE_BYTES = 8
 
 
-@numba.njit(cache=True, nogil=True)
+def _jit(fn):
+    """`fn` compiled by numba at its first call (cached on disk beside this file when it is one)."""
+    compiled = []
+
+    def call(*args):
+        if not compiled:
+            import numba  # the rANS coder's one dependency, imported only when a stream is coded
+
+            try:
+                compiled.append(numba.njit(cache=True, nogil=True)(fn))
+            except RuntimeError:  # no source file to cache against (an exported codec): compile per process
+                compiled.append(numba.njit(nogil=True)(fn))
+        return compiled[0](*args)
+    return call
+
+
+@_jit
 def _encode_kernel(idx, freq, cum, scale, out):
     """Encode `idx` (symbol indices) backwards; write words to `out` unless it is empty.
 
@@ -54,7 +72,7 @@ def _encode_kernel(idx, freq, cum, scale, out):
     return k, x
 
 
-@numba.njit(cache=True, nogil=True)
+@_jit
 def _count_kernel(idx):
     counts = np.zeros(256, np.int64)
     for v in idx:

@@ -29,6 +29,7 @@ import hashlib
 import json
 import lzma
 from pathlib import Path
+from typing import Callable
 
 from artifact.container import build_blob
 from artifact.runtime.errors import ArtifactError, ConfigError
@@ -156,13 +157,34 @@ exec(compile(S['run.py'],__file__,'exec'),{{'__name__':'__main__','__file__':__f
 """
 
 
-def _compressors():
-    yield "lzma", lambda raw: lzma.compress(raw, format=lzma.FORMAT_XZ, preset=9 | lzma.PRESET_EXTREME)
+def _compressors(allowed=("lzma", "brotli")):
+    if "lzma" in allowed:
+        yield "lzma", lambda raw: lzma.compress(raw, format=lzma.FORMAT_XZ, preset=9 | lzma.PRESET_EXTREME)
+    if "brotli" not in allowed:
+        return
     try:
         import brotli
     except ImportError:  # brotli is optional for the stub: lzma is in the standard library
         return
     yield "brotli", lambda raw: brotli.compress(raw, quality=11, lgwin=24)
+
+
+def sources_json(sources: dict[str, str]) -> bytes:
+    """The sources as one compact JSON object (sorted keys): what a self-extracting stub embeds."""
+    return json.dumps(sources, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def smallest_stub(raw: bytes, render: Callable[[str, str], str], allowed=("lzma", "brotli")) -> bytes:
+    """The smallest `render(library, base85 payload)` over the `allowed` compressors (lzma from
+    the standard library; brotli when installed) of `raw`. Deterministic."""
+    best = None
+    for lib, compress in _compressors(allowed):
+        stub = render(lib, base64.b85encode(compress(raw)).decode("ascii")).encode()
+        if best is None or len(stub) < len(best):
+            best = stub
+    if best is None:
+        raise ConfigError(f"no compressor among {allowed} for a self-extracting stub")
+    return best
 
 
 def build_stub(sources: dict[str, str], minify: bool = True) -> bytes:
@@ -171,14 +193,7 @@ def build_stub(sources: dict[str, str], minify: bool = True) -> bytes:
     if ENTRY not in sources:
         raise ConfigError("the compact stub needs the entry point 'run.py' among its sources")
     packed = {k: minify_source(v, k) if minify else v for k, v in sorted(sources.items())}
-    raw = json.dumps(packed, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-    best = None
-    for lib, compress in _compressors():
-        payload = base64.b85encode(compress(raw)).decode("ascii")
-        stub = _STUB.format(lib=lib, payload=payload).encode()
-        if best is None or len(stub) < len(best):
-            best = stub
-    return best
+    return smallest_stub(sources_json(packed), lambda lib, payload: _STUB.format(lib=lib, payload=payload))
 
 
 # ----------------------------------------------------------------------------- folder

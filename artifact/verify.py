@@ -42,7 +42,7 @@ REQUIRED_MODULES = tuple(f"{RUNTIME_PACKAGE}.{m}" for m in ("decoder", "model", 
 SHIPPED_TTT = f"{RUNTIME_PACKAGE}.{TTT_MODULE}"
 DEFAULT_TIMEOUT_S = 3600.0
 
-# Runs in the fresh interpreter: argv = [-c, json guarded folders, entry args...]. A finder placed
+# Runs in the fresh interpreter: argv = [-c, json guarded folders, script, its args...]. A finder placed
 # before all others asks the rest of sys.meta_path for each module and refuses the answer when its
 # file (or package folder) lies inside one of this project's package folders.
 _BOOTSTRAP = r"""
@@ -67,8 +67,8 @@ class ProjectGuard:
             return spec
         return None
 sys.meta_path.insert(0, ProjectGuard())
-entry = os.path.abspath("run.py")
-sys.argv = [entry] + sys.argv[2:]
+entry = os.path.abspath(sys.argv[2])
+sys.argv = [entry] + sys.argv[3:]
 runpy.run_path(entry, run_name="__main__")
 """
 
@@ -159,7 +159,13 @@ def run_command(copy: Path, data_dir, seq_len=None, stride=None, max_tokens=None
                         ("--device", device), ("--threads", threads)):
         if value is not None:
             args += [flag, str(value)]
-    return [sys.executable, "-I", "-B", "-c", _BOOTSTRAP, json.dumps(guarded_folders()), *args]
+    return guarded_command(ENTRY, args)
+
+
+def guarded_command(script: str, args=()) -> list[str]:
+    """A fresh interpreter (`python -I -B`) running `script` (relative to its working folder) with
+    `args`, behind the import guard: no module may come from this project's package folders."""
+    return [sys.executable, "-I", "-B", "-c", _BOOTSTRAP, json.dumps(guarded_folders()), script, *map(str, args)]
 
 
 def _result_line(stdout: str) -> dict | None:
