@@ -34,12 +34,11 @@ import json
 import math
 import statistics
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from artifact.budget import Budget, ByteCount, resolve_budget
-from artifact.runtime.errors import ConfigError, DataError, GolfError
-from artifact.runtime.files import atomic_write, replace_folder
+from artifact.runtime.errors import ConfigError, DataError
+from artifact.runtime.files import atomic_write, check_replaceable, replace_folder
 from artifact.train_log import FIGURES, LogFigures, parse_log
 
 SCRIPT = "train_gpt.py"
@@ -335,37 +334,15 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _golf_version() -> str:
-    try:
-        return version("golf")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 def _json(obj) -> bytes:
     return (json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode()
 
 
 # ----------------------------------------------------------------------------- the folder
-def is_record_folder(folder: Path) -> bool:
-    try:
-        return json.loads((folder / GOLF_FACTS).read_text(encoding="utf-8")).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def _check_out(out: Path) -> None:
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise GolfError(f"{out}: exists and is not a folder; refusing to replace it")
-    if out.is_dir() and any(out.iterdir()) and not is_record_folder(out):
-        raise GolfError(f"{out}: folder exists and is not a records folder written by golf (no {GOLF_FACTS}); "
-                        "refusing to overwrite it")
-
-
 def write_record(spec: RecordSpec) -> dict:
     """Write the records folder `spec.out` (all or nothing); returns what golf.json holds."""
     out = Path(spec.out)
-    _check_out(out)
+    check_replaceable(out, GOLF_FACTS, FORMAT, "a records folder written by golf")
     budget = spec.budget if isinstance(spec.budget, Budget) else resolve_budget(spec.budget)
     code = _code_files(spec)
     runs = _seed_runs(spec)
@@ -385,7 +362,7 @@ def write_record(spec: RecordSpec) -> dict:
     sub = submission_json(spec, runs, date)
     test = significance([r.figures["val_loss"] for r in runs], spec.sota_val_loss, spec.margin) \
         if spec.sota_val_loss is not None else None
-    facts = {"format": FORMAT, "version": 1, "golf": _golf_version(), "budget": budget.name, "limit": budget.bytes,
+    facts = {"format": FORMAT, "version": 1, "budget": budget.name, "limit": budget.bytes,
              "code_bytes": sum(len(b) for b in code.values()),
              "files": {rel: {"bytes": len(data), "sha256": _sha256(data),
                              "role": "code" if rel in code else "log" if rel in logs else "not counted"}

@@ -33,7 +33,7 @@ from typing import Callable
 
 from artifact.container import build_blob
 from artifact.runtime.errors import ArtifactError, ConfigError
-from artifact.runtime.files import atomic_write, replace_folder
+from artifact.runtime.files import atomic_write, check_replaceable, marked_as, replace_folder
 
 FORMAT = "golf-submission"
 FORMAT_VERSION = 1
@@ -222,21 +222,12 @@ def plan_files(entries, model_config: dict, eval_defaults: dict, compact: bool =
 
 def is_submission(folder: str | Path) -> bool:
     """Whether `folder` holds a submission written by this tool (its marker file says so)."""
-    marker = Path(folder) / MARKER
-    try:
-        return json.loads(marker.read_text(encoding="utf-8")).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
+    return marked_as(folder, MARKER, FORMAT)
 
 
 def check_out_dir(out_dir) -> None:
     """Raise ArtifactError unless `out_dir` is absent, empty or a previous submission."""
-    out_dir = Path(out_dir)
-    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
-        raise ArtifactError(f"{out_dir}: exists and is not a folder; refusing to replace it")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not is_submission(out_dir):
-        raise ArtifactError(f"{out_dir}: folder exists and is not a previous submission "
-                            f"(no {MARKER} of format {FORMAT!r}); refusing to overwrite it")
+    check_replaceable(out_dir, MARKER, FORMAT, "a previous submission", ArtifactError)
 
 
 def write_submission(out_dir, entries, model_config: dict, eval_defaults: dict, compact: bool = False,

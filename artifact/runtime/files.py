@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .errors import ConfigError, FileError
+from .errors import ConfigError, FileError, GolfError
 
 
 def _why(exc: OSError) -> str:
@@ -72,6 +72,23 @@ def read_json_or_none(path: str | Path) -> Any | None:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def marked_as(folder: str | Path, marker: str, fmt: str) -> bool:
+    """Whether FOLDER/MARKER is JSON whose "format" is `fmt` (a folder this tool wrote)."""
+    data = read_json_or_none(Path(folder) / marker)
+    return isinstance(data, dict) and data.get("format") == fmt
+
+
+def check_replaceable(out: str | Path, marker: str, fmt: str, what: str, error: type[GolfError] = FileError) -> None:
+    """Raise `error` unless `out` is absent, an empty folder, or `what` (a folder marked `fmt`
+    by its MARKER file): nothing else this tool did not write is ever replaced."""
+    out = Path(out)
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise error(f"{out}: exists and is not a folder; refusing to replace it")
+    if out.is_dir() and any(out.iterdir()) and not marked_as(out, marker, fmt):
+        raise error(f"{out}: folder exists and is not {what} (no {marker} of format {fmt!r}); "
+                    "refusing to overwrite it")
 
 
 def _umask() -> int:
