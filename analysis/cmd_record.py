@@ -32,8 +32,8 @@ def add_arguments(p) -> None:
                         "seedN in its name (default: none; then give every figure with --figure)")
     p.add_argument("--blob", action="append", default=[], metavar="[SEED=]FILE",
                    help="a seed's compressed model file: its artifact_bytes become code + this file's bytes, "
-                        "counted by golf (repeatable; SEED= needed with several seeds; default: the total each "
-                        "log prints)")
+                        "counted by golf (repeatable; SEED= needed with several seeds; default: the model size its "
+                        "log implies, its total minus the code size it states)")
     p.add_argument("--figure", action="append", default=[], metavar="SEED.KEY=VALUE",
                    help=f"a figure the log lacks or gets wrong, KEY one of {', '.join(FIGURES)} (repeatable; "
                         "default: read from the logs)")

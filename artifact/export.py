@@ -84,13 +84,12 @@ class Export:
 def export_recipe(source: str | Path) -> Recipe:
     """The recipe of a fit folder (its recipe.toml), a recipe file, or a bundled recipe name."""
     path = Path(source)
-    if path.is_dir():
-        if not (path / FIT_RECIPE).is_file():
-            raise ConfigError(f"{path}: folder has no {FIT_RECIPE} (give a `golf fit` output folder, a recipe "
-                              "file or a recipe name)")
-        path = path / FIT_RECIPE
-        return load_recipe(path)
-    return load_recipe(source)
+    if not path.is_dir():
+        return load_recipe(source)
+    if not (path / FIT_RECIPE).is_file():
+        raise ConfigError(f"{path}: folder has no {FIT_RECIPE} (give a `golf fit` output folder, a recipe "
+                          "file or a recipe name)")
+    return load_recipe(path / FIT_RECIPE)
 
 
 def recipe_libraries(recipe: Recipe) -> tuple[str, ...]:
