@@ -21,7 +21,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from artifact.runtime.checkpoint import locate_checkpoint, read_checkpoint, read_state_dict, train_seq_len
+from artifact.runtime.checkpoint import (
+    locate_checkpoint,
+    read_checkpoint,
+    read_state_dict,
+    train_seq_len,
+)
 from artifact.runtime.config import typed_value
 from artifact.runtime.contract import call_factory, load_factory, model_vocab
 from artifact.runtime.errors import CheckpointError, ConfigError

@@ -11,6 +11,7 @@ checkpoint's weights and the calibration settings), so a second fit measures onl
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,12 +99,14 @@ def prepare(checkpoint, data, cache: str | Path | None = None, grid: Grid | None
     # ones it will be scored with), on as many tokens as the recipes' 64 x 1024
     cal = CalibrationConfig(seq_len=seq_len, n_seqs=max(1, CALIBRATION_TOKENS // seq_len))
     used = np.asarray(tokens[cal.offset: cal.offset + cal.n_seqs * cal.seq_len])
-    calibration = {**{k: getattr(cal, k) for k in cal.__dataclass_fields__},
-                   "tokens_sha": hashlib.sha256(used.astype(np.int64).tobytes()).hexdigest()}
+    settings = {k: getattr(cal, k) for k in cal.__dataclass_fields__}
+    # the cache keys hold the forward too (the weights alone do not fix it: a soft-cap, a model file)
+    calibration = {**settings, "tokens_sha": hashlib.sha256(used.astype(np.int64).tobytes()).hexdigest(),
+                   "model": model_digest(loaded)}
     cache_dir = Path(cache) if cache else None
     ckpt_hash = state_hash(state)
     h_path = cache_dir / f"hessians-{cache_key(ckpt_hash, calibration)}.pt" if cache_dir else None
-    recipe = parse_recipe({"name": "fit", "calibration": {k: v for k, v in calibration.items() if k != "tokens_sha"}})
+    recipe = parse_recipe({"name": "fit", "calibration": settings})
     hessians = _cached_hessians(h_path, lambda: calibrate_for_recipe(
         net, recipe, tokens, progress=progress("calibrate") if progress else None))
     n_probe = probe_seqs(sum(t.numel() for t in state.values()), seq_len)
@@ -115,6 +118,14 @@ def prepare(checkpoint, data, cache: str | Path | None = None, grid: Grid | None
     return {"loaded": loaded, "model": net, "cfg": loaded.cfg, "meta": loaded.meta, "state": state,
             "hessians": hessians, "calibration": calibration, "measurement": measurement, "data": paths,
             "seq_len": seq_len}
+
+
+def model_digest(loaded: LoadedModel) -> str:
+    """sha256 of what builds the model's forward: config.json's model section and the model file."""
+    h = hashlib.sha256(json.dumps(loaded.section, sort_keys=True).encode())
+    for name in sorted(loaded.files):
+        h.update(name.encode() + b"\0" + loaded.files[name])
+    return h.hexdigest()
 
 
 def recipe_hessians(model: torch.nn.Module, recipe: Recipe, data,

@@ -170,7 +170,7 @@ def test_hessians_come_from_every_linear_and_the_input_the_model_names(trained, 
     assert torch.allclose(h["tok_embeddings.weight"].double(), x.T @ x, rtol=1e-4, atol=1e-3)
     # without the map the tied table has no Hessian: GPTQ rules round it to nearest
     recipe = load_recipe(record_style_recipe(tmp_path / "r.toml"))
-    model.golf_hessian_inputs = lambda: {}
+    model.golf_hessian_inputs = dict
     hessians = calibrate_for_recipe(model, recipe, train_tokens())
     assert hessians["tok_embeddings.weight"] is None and hessians["layers.0.attention.wq.weight"] is not None
     rows = {r["name"]: r for r in pack_state_dict(loaded.state, recipe, hessians, predict_sizes=False).rows}

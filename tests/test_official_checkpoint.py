@@ -15,7 +15,7 @@ from analysis.cli import main
 from artifact.container import build_blob
 from artifact.models import ModelSpec, load_model
 from artifact.pack import pack_state_dict
-from artifact.pipeline import eval_setup, pack_checkpoint
+from artifact.pipeline import eval_setup, model_digest, pack_checkpoint
 from artifact.recipe import load_recipe
 from artifact.runtime.decoder import decode_torch
 from artifact.runtime.model import GPT, ModelConfig
@@ -138,3 +138,12 @@ def test_packing_keeps_the_override_and_the_dtype_through_the_submission_seam(of
     model, n, _ = load_submission_model(tmp_path / "sub", config)  # what run.py scores
     assert n == len(state)
     assert torch.equal(model.tok_emb.weight, challenge_int8_round_trip(state["tok_emb.weight"]).float())
+
+
+def test_the_measurement_cache_keys_know_the_forward_not_just_the_weights(official):
+    # prepare() keys calibration and measurement caches by the weights' hash and this digest: a
+    # soft-cap given later must not reuse sensitivities probed with the default one
+    path, _ = official
+    capped = model_digest(load_model(path, ModelSpec(overrides={"logit_softcap": SOFTCAP})))
+    assert capped == model_digest(load_model(path, ModelSpec(overrides={"logit_softcap": SOFTCAP})))
+    assert capped != model_digest(load_model(path))
