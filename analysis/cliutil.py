@@ -58,12 +58,14 @@ def model_spec(args) -> ModelSpec:
     return ModelSpec(args.model, args.model_config, parse_set_values(args.set))
 
 
-def add_code_file_flag(parser) -> None:
-    """`--code-file PATH` (repeatable): files counted as code in the budget, exactly as shipped."""
+def add_code_file_flag(parser, packs: bool = True) -> None:
+    """`--code-file PATH` (repeatable): files counted as code in the budget, exactly as shipped
+    (`packs`: the command writes a submission, which then ships them beside run.py)."""
+    where = ("it ships beside run.py" if packs else
+             "counted once if the submission already ships the same file")
     parser.add_argument("--code-file", action="append", default=[], metavar="PATH",
-                        help="a file counted as code in the budget exactly as it is, e.g. your train_gpt.py; "
-                             "packing ships it beside run.py (repeatable; default: none beyond the budget's "
-                             "code_files)")
+                        help=f"a file counted as code in the budget exactly as it is, e.g. your train_gpt.py; "
+                             f"{where} (repeatable; default: none beyond the budget's code_files)")
 
 
 def is_bundled(checkpoint) -> bool:

@@ -153,7 +153,7 @@ def add_verify_arguments(p) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto = CUDA (bf16 autocast) when available, else CPU (float32)")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds before the run is abandoned (default: 3600)")
-    add_code_file_flag(p)
+    add_code_file_flag(p, packs=False)
     add_json_flag(p)
 
 

@@ -461,8 +461,7 @@ def baseline_int8(name: str, w: Tensor) -> Quantized:
     """The challenge baseline's packaging of one state-dict entry, reproduced exactly.
 
     Non-float: kept as is. Float with <= 65,536 elements: kept float (fp32 for control tensors,
-    fp16 for fp32/bf16 others, other float dtypes unchanged; float64 as fp32, all the container
-    holds). Larger 2-D: int8 per row, clip at
+    fp16 for fp32/bf16 others, other float dtypes unchanged). Larger 2-D: int8 per row, clip at
     torch.quantile(|w|, 0.9999984, dim=1), scale = (clip/127).clamp_min(1/127); the codes divide
     by that fp32 scale and only then is it stored as fp16 (so here, unlike our own schemes, the
     dequantized weights use a scale rounded after quantization: that is the baseline). Other
@@ -477,9 +476,7 @@ def baseline_int8(name: str, w: Tensor) -> Quantized:
             return _passthrough(t, "fp32", name)
         if t.dtype in (torch.float32, torch.bfloat16, torch.float16):
             return _passthrough(t, "fp16", name)
-        # float64: the baseline keeps it as is; the container holds float64 only as fp32 values
-        # (recipe.Recipe._default_plan does the same), and it comes back float64
-        return _passthrough(t, "fp32" if t.dtype == torch.float64 else "raw", name)
+        return _passthrough(t, "raw", name)  # e.g. float64: the baseline keeps it as is
     t32 = t.float()
     meta = {"clip": {"kind": "percentile", "q": BASELINE_CLIP_Q}, "rule": "baseline_int8"}
     if t32.ndim == 2:
