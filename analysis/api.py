@@ -19,11 +19,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.cliutil import Meter, say
+from analysis.cliutil import Meter, default_budget, say
 from analysis.compare import DEFAULT_RECIPES, compare_recipes
 from artifact.budget import resolve_budget
 from artifact.container import inspect as inspect_blob
 from artifact.measure import Grid
+from artifact.models import ModelSpec
 from artifact.pipeline import FitRun, PackRun, evaluate_checkpoint, fit_checkpoint, pack_checkpoint, prepare
 from artifact.runtime.scoring import EvalResult
 from artifact.runtime.ttt import TTTConfig
@@ -32,42 +33,49 @@ from artifact.verify import VerifyResult
 from artifact.verify import verify as verify_folder
 from train.bundled import BUNDLED_CHECKPOINT, BUNDLED_DATA
 
-__all__ = ["compare", "evaluate", "fit", "inspect", "pack", "verify"]
+__all__ = ["ModelSpec", "compare", "evaluate", "fit", "inspect", "pack", "verify"]
 
 
 def _progress(on: bool):
     return Meter if on else None
 
 
-def fit(checkpoint=BUNDLED_CHECKPOINT, budget: str | int = "demo", out="runs/fit", data=BUNDLED_DATA,
+def fit(checkpoint=BUNDLED_CHECKPOINT, budget: str | int | None = None, out="runs/fit", data=BUNDLED_DATA,
         cache="runs/fit-cache", pins: dict[str, str] | None = None, dry_run: bool = False, compact: bool = True,
         jobs: int | None = None, grid: Grid | None = None, max_tokens: int | None = None,
-        progress: bool = False) -> FitRun:
+        progress: bool = False, model: ModelSpec | None = None, code_files=()) -> FitRun:
     """The lowest-predicted-loss artifact of `checkpoint` under `budget` (a budgets.toml name or a
-    byte count, code included), written to OUT/submission with OUT/recipe.toml and verified in a
-    fresh process. Returns the FitRun: `.result` (choices, predicted bytes and loss), and unless
-    `dry_run` `.submission`, `.real_total` and `.verify` (the VerifyResult)."""
-    p = prepare(checkpoint, data, cache, grid, _progress(progress), jobs)
+    byte count, code included; default demo for the bundled checkpoint, else track_10min_16mb),
+    written to OUT/submission with OUT/recipe.toml and verified in a fresh process. `model`: a
+    user's model (`ModelSpec("my_model.py:Net")`, the README's contract); `code_files`: files
+    counted as code (shipped beside run.py). Returns the FitRun: `.result` (choices, predicted
+    bytes and loss), and unless `dry_run` `.submission`, `.real_total` and `.verify`."""
+    budget = budget if budget is not None else default_budget(checkpoint)
+    p = prepare(checkpoint, data, cache, grid, _progress(progress), jobs, model=model)
     return fit_checkpoint(p, resolve_budget(budget), out, data, pins, dry_run, compact, max_tokens,
-                          budget_label=str(budget), log=say if progress else None)
+                          budget_label=str(budget), log=say if progress else None, code_files=code_files)
 
 
 def pack(checkpoint=BUNDLED_CHECKPOINT, recipe: str | Path = "record-1855", out="runs/pack", data=BUNDLED_DATA,
          budget: str | int | None = None, compact: bool = True, seq_len: int | None = None,
-         ttt: TTTConfig | None = None, progress: bool = False) -> PackRun:
+         ttt: TTTConfig | None = None, progress: bool = False, model: ModelSpec | None = None,
+         code_files=()) -> PackRun:
     """Pack `checkpoint` by a fixed recipe (a name in artifact/recipes or a .toml path) into the
-    submission folder `out`. Returns the PackRun: `.packed` (entries, per-tensor rows, dequantized
-    weights), `.written` (files and hashes) and `.count` (bytes against the budget)."""
-    return pack_checkpoint(checkpoint, recipe, out, data, budget, compact, seq_len, ttt, _progress(progress))
+    submission folder `out` (`model`, `code_files` as in `fit`). Returns the PackRun: `.packed`
+    (entries, per-tensor rows, dequantized weights), `.written` (files and hashes) and `.count`
+    (bytes against the budget)."""
+    budget = budget if budget is not None else default_budget(checkpoint)
+    return pack_checkpoint(checkpoint, recipe, out, data, budget, compact, seq_len, ttt, _progress(progress),
+                           model=model, code_files=code_files)
 
 
 def verify(submission, budget: str | int | None = None, data=BUNDLED_DATA, max_tokens: int | None = None,
-           stride: int | None = None, device: str = "cpu", timeout: float = 3600.0) -> VerifyResult:
-    """Run the submission folder in a fresh, guarded process: count its bytes against `budget`
-    (default demo), decode, score. `.fits`, `.val_bpb`, `.line()` are the verdict. This executes
-    the submission's code."""
+           stride: int | None = None, device: str = "cpu", timeout: float = 3600.0, code_files=()) -> VerifyResult:
+    """Run the submission folder in a fresh, guarded process: count its bytes (and `code_files`)
+    against `budget` (default demo), decode, score. `.fits`, `.val_bpb`, `.line()` are the
+    verdict. This executes the submission's code."""
     return verify_folder(submission, budget, data, stride=stride, max_tokens=max_tokens, device=device,
-                         timeout=timeout)
+                         timeout=timeout, code_files=code_files)
 
 
 def inspect(blob) -> dict:
@@ -78,16 +86,19 @@ def inspect(blob) -> dict:
 
 
 def compare(checkpoint=BUNDLED_CHECKPOINT, recipes=DEFAULT_RECIPES, data=BUNDLED_DATA,
-            budget: str | int | None = None, max_tokens: int | None = None, compact: bool = True) -> pd.DataFrame:
+            budget: str | int | None = None, max_tokens: int | None = None, compact: bool = True,
+            model: ModelSpec | None = None, code_files=()) -> pd.DataFrame:
     """Recipes side by side on one checkpoint: total bytes as shipped, val_bpb and gap to the
     unquantized model (the first row), with fits/headroom columns when `budget` is given."""
-    return compare_recipes(checkpoint, list(recipes), data, budget, max_tokens, compact)
+    return compare_recipes(checkpoint, list(recipes), data, budget, max_tokens, compact, model=model,
+                           code_files=code_files)
 
 
 def evaluate(checkpoint=BUNDLED_CHECKPOINT, data=BUNDLED_DATA, seq_len: int | None = None,
              stride: int | None = None, max_tokens: int | None = None, device: str = "auto",
-             progress: bool = False) -> EvalResult:
+             progress: bool = False, model: ModelSpec | None = None) -> EvalResult:
     """The exact val_bpb of a checkpoint on a dataset's val shards (flat windows, or sliding with
     `stride`); `seq_len` defaults to the checkpoint's training length."""
     meter = Meter("eval") if progress else None
-    return evaluate_checkpoint(checkpoint, data, seq_len, stride, max_tokens, device=device, progress=meter)
+    return evaluate_checkpoint(checkpoint, data, seq_len, stride, max_tokens, device=device, progress=meter,
+                               model=model)

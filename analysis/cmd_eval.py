@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.cliutil import Meter, add_json_flag, emit
+from analysis.cliutil import Meter, add_json_flag, add_model_flags, emit, model_spec, say_model
 from artifact.pipeline import eval_setup, score
 from artifact.runtime.errors import ConfigError, GolfError
 from artifact.runtime.scoring import EvalResult, ValStream
@@ -28,6 +28,7 @@ def add_arguments(p) -> None:
     p.add_argument("--max-tokens", type=int, default=None,
                    help="evaluate only the first N val tokens (quick looks; not the full score)")
     add_ttt_flags(p)
+    add_model_flags(p)
     add_json_flag(p)
 
 
@@ -81,14 +82,15 @@ def run(args) -> int:
     ckpt = Path(args.checkpoint) if args.checkpoint else BUNDLED_CHECKPOINT
     if args.max_tokens is not None and args.max_tokens < 2:
         raise ConfigError(f"--max-tokens {args.max_tokens} must be >= 2")
-    setup = eval_setup(ckpt, args.data or BUNDLED_DATA, args.seq_len, args.max_tokens)
+    setup = eval_setup(ckpt, args.data or BUNDLED_DATA, args.seq_len, args.max_tokens, model_spec(args))
+    say_model(setup.loaded)
     if ttt_cfg is not None:
         ttt_cfg.chunk_for(setup.seq_len)  # before the plain eval's minutes
     result = score(setup, args.stride, args.batch_seqs, args.device, progress=Meter("eval", enabled=not args.json))
     stream = setup.stream
     out = result.to_dict()
     out.update(checkpoint=str(ckpt), dataset=str(stream.data.dataset_dir), byte_rule=stream.byte_rule,
-               val_tokens=int(np.asarray(stream.tokens).size))
+               val_tokens=int(np.asarray(stream.tokens).size), model=setup.loaded.report())
     if ttt_cfg is not None:
         out["ttt"] = _ttt_figures(setup.model, stream, setup.seq_len, args, ttt_cfg, result)
     emit(out, args.json, _text)

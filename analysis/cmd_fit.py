@@ -2,6 +2,7 @@
 
     golf fit [CKPT] [--budget NAME|BYTES] [--out DIR] [--data DIR] [--pin NAME=LABEL ...]
              [--dry-run] [--compact] [--cache DIR] [--jobs N] [--json]
+             [--model FILE.py:NAME] [--model-config FILE] [--set KEY=VALUE ...] [--code-file PATH ...]
 
 measure (cached) → solve + pack + repair → write the submission to OUT/submission → verify it in
 a fresh process (artifact.pipeline) → compare with fixed recipes (analysis.compare). OUT also
@@ -15,14 +16,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from analysis.cliutil import Meter, add_code_form_flags, add_json_flag, emit, say
+from analysis.cliutil import (Meter, add_code_file_flag, add_code_form_flags, add_json_flag, add_model_flags,
+                              default_budget, emit, model_spec, say, say_model)
 from analysis.compare import compare_recipes
 from analysis.fit_tables import CANDIDATE_COLUMNS, CSV_COLUMNS, candidate_rows, tensor_rows, write_csv
 from analysis.report import load_fit_tables, write_report
 from artifact.budget import resolve_budget
 from artifact.measure import Choice
 from artifact.pipeline import fit_checkpoint, prepare
-from artifact.runtime.errors import ConfigError
+from artifact.recipe import load_recipe
+from artifact.runtime.errors import ConfigError, GolfError
 from artifact.runtime.files import atomic_write_json
 from train.bundled import BUNDLED_CHECKPOINT, BUNDLED_DATA
 
@@ -33,7 +36,8 @@ DEFAULT_COMPARE = "record-1855,seed-004,seed-003"
 
 def add_arguments(p) -> None:
     p.add_argument("checkpoint", nargs="?", default=None, help="checkpoint (default: the bundled one)")
-    p.add_argument("--budget", default=None, help="budget name in budgets.toml or a byte count (default: demo)")
+    p.add_argument("--budget", default=None, help="budget name in budgets.toml or a byte count (default: demo for "
+                                                    "the bundled checkpoint, else track_10min_16mb)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"fit folder; the submission goes to OUT/submission "
                                                       f"(default: {DEFAULT_OUT})")
     p.add_argument("--data", default=None, help="data root for calibration and val (default: bundled data)")
@@ -50,6 +54,8 @@ def add_arguments(p) -> None:
                    help=f"recipes to compare with ('' to skip); scored on --compare-tokens val tokens "
                         f"(default: {DEFAULT_COMPARE})")
     p.add_argument("--compare-tokens", type=int, default=32768, help="val prefix for the comparison (default: 32768)")
+    add_model_flags(p)
+    add_code_file_flag(p)
     add_json_flag(p)
 
 
@@ -70,15 +76,19 @@ def stage_meter(stage: str) -> Meter:
 
 def run(args) -> int:
     t0 = time.perf_counter()
-    budget = resolve_budget(args.budget)
+    budget = resolve_budget(args.budget or default_budget(args.checkpoint))
     pins = parse_pins(args.pin)
     val_data = args.data or BUNDLED_DATA
-    p = prepare(args.checkpoint or BUNDLED_CHECKPOINT, val_data, args.cache, progress=stage_meter, jobs=args.jobs)
+    spec = model_spec(args)
+    p = prepare(args.checkpoint or BUNDLED_CHECKPOINT, val_data, args.cache, progress=stage_meter, jobs=args.jobs,
+                model=spec)
+    say_model(p["loaded"])
     label = str(args.budget) if args.budget is not None else budget.name
     fr = fit_checkpoint(p, budget, args.out, val_data, pins, args.dry_run, args.compact, args.max_tokens,
-                        budget_label=label, log=say)
+                        budget_label=label, log=say, code_files=args.code_file)
     res, m = fr.result, p["measurement"]
-    result = {"checkpoint": str(args.checkpoint or "bundled"), "budget": budget.name, "limit": budget.bytes,
+    result = {"checkpoint": str(args.checkpoint or "bundled"), "model": p["loaded"].report(),
+              "budget": budget.name, "limit": budget.bytes,
               "dry_run": args.dry_run, "code_bytes": fr.code_bytes, "predicted_total": res.predicted_total,
               "predicted_dloss": res.predicted_loss, "solver": {"method": res.solution.method,
                                                                  "optimal": res.solution.optimal},
@@ -89,7 +99,7 @@ def run(args) -> int:
                        "val_bpb": v.val_bpb, "line": v.line(),
                        "unquantized_val_bpb": (p["meta"] or {}).get("val_bpb") if not args.max_tokens else None})
         if args.compare:
-            result["compare"] = _compare(args, fr.recipe_file, budget)
+            result["compare"] = _compare(args, fr.recipe_file, budget, spec, p["state"])
     result["seconds"] = time.perf_counter() - t0
     if not args.dry_run:
         _write_reports(Path(args.out), result, candidate_rows(m, res.choices))
@@ -97,18 +107,30 @@ def run(args) -> int:
     return 0
 
 
-def _compare(args, recipe_file: Path, budget) -> list[dict]:
+def _compare(args, recipe_file: Path, budget, spec, state) -> list[dict]:
     names = [r.strip() for r in args.compare.split(",") if r.strip()]
-    say(f"fit: comparing with {', '.join(names)} on {args.compare_tokens:,} val tokens")
-    table = compare_recipes(args.checkpoint or BUNDLED_CHECKPOINT, names + [str(recipe_file)],
-                            args.data or BUNDLED_DATA, budget.bytes, max_tokens=args.compare_tokens,
-                            compact=args.compact, log=say)
+    fitting = [n for n in names if _plans(n, state)]
+    for n in sorted(set(names) - set(fitting)):
+        say(f"fit: recipe {n} does not apply to this model's tensors; left out of the comparison")
+    say(f"fit: comparing with {', '.join(fitting) or 'no fixed recipe'} on {args.compare_tokens:,} val tokens")
+    table = compare_recipes(args.checkpoint or BUNDLED_CHECKPOINT, fitting + [str(recipe_file)],
+                            args.data or BUNDLED_DATA, budget, max_tokens=args.compare_tokens,
+                            compact=args.compact, log=say, model=spec, code_files=args.code_file)
 
     def plain(k, v):
         if isinstance(v, float) and v != v:
             return None  # NaN: the unquantized row has no bytes
         return int(v) if k.endswith("bytes") or k == "headroom" else v
     return [{k: plain(k, v) for k, v in row.items()} for row in table.to_dict(orient="records")]
+
+
+def _plans(recipe: str, state) -> bool:
+    """Whether `recipe` can plan the model's tensors (the bundled recipes name golf's GPT's)."""
+    try:
+        load_recipe(recipe).plan(state)
+        return True
+    except GolfError:
+        return False
 
 
 def _write_reports(out: Path, result: dict, candidates: list[dict]) -> None:

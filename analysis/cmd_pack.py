@@ -2,8 +2,10 @@
 
     golf pack [CKPT] --recipe NAME|PATH --out DIR [--data DIR] [--budget NAME|BYTES] [--compact]
               [--ttt {chunked,lora,phased} [--ttt-... knobs, as golf eval]]
+              [--model FILE.py:NAME] [--model-config FILE] [--set KEY=VALUE ...] [--code-file PATH ...]
     golf inspect BLOB|DIR
     golf verify DIR [--budget NAME|BYTES] [--data DIR] [--seq-len L] [--stride S] [--max-tokens N]
+                [--code-file PATH ...]
 
 The work is the packaging core's (artifact.pack, artifact.submission, artifact.verify); this
 module reads the flags, resolves the bundled defaults and prints the tables. Every command
@@ -13,19 +15,19 @@ takes --json.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
-from analysis.cliutil import Meter, add_code_form_flags, add_json_flag, emit
+from analysis.cliutil import (Meter, add_code_file_flag, add_code_form_flags, add_json_flag, add_model_flags,
+                              default_budget, emit, model_spec, say_model)
 from analysis.cmd_eval import add_ttt_flags, ttt_config_from_args
 from artifact.budget import resolve_budget
 from artifact.container import inspect as inspect_blob
 from artifact.pipeline import pack_checkpoint
 from artifact.runtime.errors import ArtifactError
-from artifact.submission import BLOB, MARKER, RUNTIME_PACKAGE, TTT_MODULE, is_submission
+from artifact.submission import BLOB, CONFIG, ENTRY, MARKER, RUNTIME_PACKAGE, TTT_MODULE, is_submission
 from artifact.verify import VerifyError, verify
 from train.bundled import BUNDLED_CHECKPOINT, BUNDLED_DATA
-
-DEFAULT_SEQ_LEN = 1024
 
 
 # ----------------------------------------------------------------------------- pack
@@ -35,21 +37,27 @@ def add_pack_arguments(p) -> None:
     p.add_argument("--recipe", required=True, help="recipe name (see artifact/recipes) or a recipe .toml path")
     p.add_argument("--out", required=True, help="submission folder to write (replaced only if a previous submission)")
     p.add_argument("--data", default=None, help="data root for calibration tokens (default: bundled data)")
-    p.add_argument("--budget", default=None, help="budget name in budgets.toml or a byte count (default: demo)")
+    p.add_argument("--budget", default=None, help="budget name in budgets.toml or a byte count (default: demo for "
+                                                    "the bundled checkpoint, else track_10min_16mb)")
     p.add_argument("--seq-len", type=int, default=None,
                    help="eval seq_len recorded in config.json (default: the checkpoint's training seq_len)")
     add_code_form_flags(p)
     add_ttt_flags(p)  # the very flags of `golf eval --ttt`: a packed submission scores what that scores
+    add_model_flags(p)
+    add_code_file_flag(p)
     add_json_flag(p)
 
 
 def run_pack(args) -> int:
     ckpt = Path(args.checkpoint) if args.checkpoint else BUNDLED_CHECKPOINT
     ttt = ttt_config_from_args(args) if args.ttt else None  # bad knobs fail before minutes of packing
-    done = pack_checkpoint(ckpt, args.recipe, args.out, args.data or BUNDLED_DATA, args.budget, args.compact,
-                           args.seq_len, ttt, progress=Meter)
+    done = pack_checkpoint(ckpt, args.recipe, args.out, args.data or BUNDLED_DATA,
+                           args.budget or default_budget(args.checkpoint), args.compact, args.seq_len, ttt,
+                           progress=Meter, model=model_spec(args), code_files=args.code_file)
+    say_model(done.loaded)
     report = inspect_blob(Path(args.out) / BLOB)
     result = {"out": str(args.out), "recipe": done.info["recipe"], "checkpoint": str(ckpt), "compact": args.compact,
+              "model": done.info["model"],
               "seq_len": done.eval_defaults["seq_len"], "ttt": done.eval_defaults.get("ttt"),
               "predicted_tensor_bytes": done.info["predicted_tensor_bytes"],
               "tensors": report["tensors"], "blob": report["totals"],
@@ -81,13 +89,20 @@ def _pack_text(r: dict) -> str:
         f"{r['blob']['params']:,} params; manifest+header {r['blob']['overhead_bytes']:,})",
         f"predicted    {_num(r['predicted_tensor_bytes'])} bytes of tensor streams (size models, each "
         f"part alone); actual {r['blob']['stream_bytes']:,}",
-        f"code         {b['code_bytes']:,} bytes",
+        f"code         {b['code_bytes']:,} bytes" + _shipped_as_is(r["files"]),
         *([_ttt_setting_line(r["ttt"])] if r.get("ttt") else []),
         f"total        {b['total_bytes']:,} bytes vs {b['budget']} limit {b['limit']:,}: {verdict}, "
         f"headroom {b['headroom']:,}",
         f"wrote        {r['out']}  (prove it: golf verify {r['out']})",
     ]
     return "\n".join(lines)
+
+
+def _shipped_as_is(files: list[dict]) -> str:
+    """The user's files among the shipped ones (a model file, code files), as a suffix."""
+    own = {BLOB, CONFIG, ENTRY}
+    theirs = [f"{f['path']} {f['bytes']:,}" for f in files if f["path"] not in own and "/" not in f["path"]]
+    return f" (as they are: {', '.join(theirs)})" if theirs else ""
 
 
 def _ttt_setting_line(t: dict) -> str:
@@ -138,6 +153,7 @@ def add_verify_arguments(p) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto = CUDA (bf16 autocast) when available, else CPU (float32)")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds before the run is abandoned (default: 3600)")
+    add_code_file_flag(p, packs=False)
     add_json_flag(p)
 
 
@@ -153,7 +169,8 @@ def run_verify(args) -> int:
     budget = resolve_budget(args.budget or _recorded_budget(folder))
     try:
         result = verify(folder, budget, args.data or BUNDLED_DATA, seq_len=args.seq_len, stride=args.stride,
-                        max_tokens=args.max_tokens, device=args.device, timeout=args.timeout)
+                        max_tokens=args.max_tokens, device=args.device, timeout=args.timeout,
+                        code_files=args.code_file)
     except VerifyError as e:
         emit({"verdict": "ERROR", "error": str(e), "line": f"ERROR {e}"}, args.json, lambda r: r["line"])
         return 2
@@ -164,7 +181,7 @@ def run_verify(args) -> int:
 def _verify_text(r: dict) -> str:
     run, b = r["run"], r["bytes"]
     files = ", ".join(f"{f['path']} {f['bytes']:,}" for f in b["files"] if f["role"] != "not counted")
-    where = sorted({Path(p).parent.parent.as_posix() for p in run["modules"].values()})
+    where = [os.path.commonpath(list(run["modules"].values()))] if run["modules"] else []
     mode = run["mode"] + (f" stride {run['stride']}" if run.get("stride") else "")
     return "\n".join([
         f"counted      {files}",

@@ -7,7 +7,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from analysis.cliutil import Meter, add_code_form_flags, add_json_flag, emit, say
+from analysis.cliutil import (Meter, add_code_file_flag, add_code_form_flags, add_json_flag, add_model_flags, emit,
+                              model_spec, say)
 from analysis.cmd_fit import DEFAULT_CACHE
 from analysis.compare import DEFAULT_RECIPES, compare_recipes
 from analysis.ranking import DEFAULT_CONFIGS, DEFAULT_TOKENS, ranking_check
@@ -27,13 +28,16 @@ def add_compare_arguments(p) -> None:
                    help="score only a prefix of the val tokens (default: all)")
     add_code_form_flags(p)
     p.add_argument("--csv", type=Path, default=None, help="also write the table as CSV")
+    add_model_flags(p)
+    add_code_file_flag(p)
     add_json_flag(p)
 
 
 def run_compare(args) -> int:
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
     table = compare_recipes(args.checkpoint or BUNDLED_CHECKPOINT, recipes, args.data or BUNDLED_DATA, args.budget,
-                            args.max_tokens, args.compact, log=say)
+                            args.max_tokens, args.compact, log=say, model=model_spec(args),
+                            code_files=args.code_file)
     if args.csv:
         atomic_write(args.csv, table.to_csv(index=False))
     emit({"rows": table.to_dict(orient="records")}, args.json, lambda _: table.to_string(index=False))
@@ -53,12 +57,16 @@ def add_rank_check_arguments(p) -> None:
     p.add_argument("--around", type=int, default=None, metavar="BYTES",
                    help="draw configurations near the solver's choice for BYTES of quantized tensors "
                         "(default: uniformly over every candidate)")
+    add_model_flags(p)
     add_json_flag(p)
 
 
 def run_rank_check(args) -> int:
     result = ranking_check(args.checkpoint or BUNDLED_CHECKPOINT, args.data or BUNDLED_DATA, args.cache, args.configs,
-                           args.seed, args.max_tokens or None, progress=Meter, around=args.around)
+                           args.seed, args.max_tokens or None, progress=Meter, around=args.around,
+                           model=model_spec(args))
+    for note in result["model"]["notes"]:
+        say(f"model: {note}")
     emit(result, args.json, _rank_text)
     return 0
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from artifact.fit import build_recipe
 from artifact.measure import Choice
+from artifact.models import ModelSpec
 from artifact.pack import pack_state_dict
 from artifact.pipeline import prepare
 from artifact.runtime.errors import ConfigError, DataError
@@ -101,24 +102,27 @@ def local_configs(measurement, tensor_bytes: int, n: int, seed: int = 0, spread:
 
 def ranking_check(checkpoint, data, cache, n_configs: int = DEFAULT_CONFIGS, seed: int = 0,
                   max_tokens: int | None = DEFAULT_TOKENS, grid=None,
-                  progress: Callable[[str], Progress] | None = None, around: int | None = None) -> dict:
+                  progress: Callable[[str], Progress] | None = None, around: int | None = None,
+                  model: ModelSpec | None = None) -> dict:
     """Predicted vs real Δloss over `n_configs` random configurations of `checkpoint`. Returns
     {spearman, pearson, pairs: [{config, predicted_dloss, real_dloss, predicted_bytes, choices}],
     base_loss, n_configs, seed, max_tokens, seconds, ...}. `cache` is the measurement cache (as
     `golf fit`'s); `grid` the candidate grid; `progress(stage)` the progress callback of a stage
     ("calibrate", "measure", "rank-check"); `around` (tensor bytes): draw configurations near the
-    solver's choice there (`local_configs`) instead of uniformly over every candidate."""
+    solver's choice there (`local_configs`) instead of uniformly over every candidate; `model`
+    the model to load (default golf's GPT)."""
     if n_configs < 2:
         raise ConfigError(f"rank check needs at least 2 configurations, got {n_configs}")
     t0 = time.perf_counter()
-    p = prepare(checkpoint, data, cache, grid, progress)
+    p = prepare(checkpoint, data, cache, grid, progress, model=model)
     report = progress("rank-check") if progress else None
-    model, cfg, state, m = p["model"], p["cfg"], p["state"], p["measurement"]
-    stream = val_stream(p["data"], cfg.vocab_size, max_tokens or None)
+    net, state, m = p["model"], p["state"], p["measurement"]
+    own = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    stream = val_stream(p["data"], p["loaded"].vocab_size, max_tokens or None)
     tokens, counter, sidecar = stream.tokens, stream.counter, stream.sidecar
 
     def val_loss() -> float:
-        return eval_flat(model, tokens, counter, p["seq_len"], batch_seqs=16, device="cpu",
+        return eval_flat(net, tokens, counter, p["seq_len"], batch_seqs=16, device="cpu",
                          sidecar=sidecar).val_loss
 
     base = val_loss()
@@ -128,7 +132,7 @@ def ranking_check(checkpoint, data, cache, n_configs: int = DEFAULT_CONFIGS, see
         for i, choices in enumerate(configs):
             recipe = build_recipe(choices, p["calibration"], m.grid.lqer_codec, m.grid.scales_codec)
             packed = pack_state_dict(state, recipe, p["hessians"], predict_sizes=False)
-            model.load_state_dict({k: packed.dequantized[k].to(v.dtype) for k, v in state.items()})
+            net.load_state_dict({k: packed.dequantized[k].to(v.dtype) for k, v in state.items()})
             real = val_loss() - base
             predicted = sum(m.tensors[n].predicted_dloss(l) for n, l in choices.items())
             pairs.append({"config": i, "predicted_dloss": float(predicted), "real_dloss": float(real),
@@ -137,10 +141,10 @@ def ranking_check(checkpoint, data, cache, n_configs: int = DEFAULT_CONFIGS, see
             if report is not None:
                 report(i + 1, n_configs, f"predicted {predicted:.4f} real {real:.4f} nats")
     finally:
-        model.load_state_dict(state)
+        net.load_state_dict(own)
     pred = [q["predicted_dloss"] for q in pairs]
     real = [q["real_dloss"] for q in pairs]
-    return {"checkpoint": str(checkpoint), "n_configs": n_configs, "seed": seed, "around": around,
+    return {"checkpoint": str(checkpoint), "model": p["loaded"].report(), "n_configs": n_configs, "seed": seed, "around": around,
             "max_tokens": max_tokens, "val_tokens": int(len(tokens)), "base_loss": base,
             "spearman": spearman(pred, real), "pearson": pearson(pred, real), "pairs": pairs,
             "measure": m.stats, "seconds": time.perf_counter() - t0}

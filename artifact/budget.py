@@ -2,7 +2,9 @@
 
 The challenge counts code bytes + compressed model bytes ≤ the cap, in decimal bytes. We count
 every file in the submission folder as it sits on disk (a self-extracting stub counts as the
-stub file, never as the source it unpacks), excluding only what the budget names as not counted.
+stub file, never as the source it unpacks), excluding only what the budget names as not counted,
+plus code files counted wherever they are (a budget's `code_files`, `--code-file`: e.g. the
+competitor's train_gpt.py; paths in budgets.toml are relative to it).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ _BUDGET_FILES = (
 )
 
 
-_BUDGET_KEYS = ("bytes", "description", "model_files", "not_counted")
+_BUDGET_KEYS = ("bytes", "description", "model_files", "not_counted", "code_files")
 
 
 @dataclass(frozen=True)
@@ -34,11 +36,12 @@ class Budget:
     description: str = ""
     model_files: tuple[str, ...] = ("*.blob",)
     not_counted: tuple[str, ...] = ()
+    code_files: tuple[str, ...] = ()  # files counted as code wherever they are (e.g. train_gpt.py)
 
     def __post_init__(self) -> None:
         if not isinstance(self.bytes, int) or isinstance(self.bytes, bool) or self.bytes <= 0:
             raise ConfigError(f"budget {self.name}: bytes must be a positive integer, got {self.bytes!r}")
-        for key in ("model_files", "not_counted"):
+        for key in ("model_files", "not_counted", "code_files"):
             if not all(isinstance(p, str) for p in getattr(self, key)):
                 raise ConfigError(f"budget {self.name}: {key} must be a list of file patterns")
 
@@ -86,13 +89,20 @@ def load_budgets(path: str | Path | None = None) -> dict[str, Budget]:
     table = read_toml(path, "budgets").get("budgets")
     if not isinstance(table, dict) or not table:
         raise ConfigError(f"{path}: no [budgets.NAME] tables")
-    return {name: build_dataclass(Budget, {**check_keys(spec, _BUDGET_KEYS, f"{path}: budgets.{name}"), "name": name},
-                                  f"{path}: budgets.{name}")
-            for name, spec in table.items()}
+    out = {}
+    for name, spec in table.items():
+        where = f"{path}: budgets.{name}"
+        spec = dict(check_keys(spec, _BUDGET_KEYS, where))
+        if isinstance(spec.get("code_files"), list):  # paths relative to the budgets file
+            spec["code_files"] = [str(path.parent / p) if isinstance(p, str) else p for p in spec["code_files"]]
+        out[name] = build_dataclass(Budget, {**spec, "name": name}, where)
+    return out
 
 
-def resolve_budget(value: str | int | None, default: str = "demo") -> Budget:
-    """A budget by name, or a plain byte count (`"15000000"`, `15_000_000`)."""
+def resolve_budget(value: Budget | str | int | None, default: str = "demo") -> Budget:
+    """A budget by name, or a plain byte count (`"15000000"`, `15_000_000`); a Budget as it is."""
+    if isinstance(value, Budget):
+        return value
     if value is None:
         value = default
     if isinstance(value, int) or str(value).replace("_", "").isdigit():
@@ -114,10 +124,30 @@ def matches(rel: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(name, p) for p in patterns)
 
 
-def count_submission(folder: str | Path, budget: Budget) -> ByteCount:
+def count_submission(folder: str | Path, budget: Budget, code_files=()) -> ByteCount:
     """Count every regular file under `folder` exactly as shipped (symlinks are refused: what
-    ships must be the bytes on disk)."""
-    folder = Path(folder)
+    ships must be the bytes on disk), plus the budget's and `code_files` (paths) as code: a code
+    file the folder already ships with the same bytes counts once."""
+    count = _count_folder(Path(folder), budget)
+    for path in [*budget.code_files, *code_files]:
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read the code file ({e.strerror or e})") from None
+        shipped = Path(folder) / path.name
+        if shipped.is_file() and not shipped.is_symlink():
+            if shipped.read_bytes() != data:
+                raise GolfError(f"{path}: the submission ships a different {path.name}; which one counts?")
+            continue  # shipped, so already counted
+        if any(rel == str(path) for rel, _, _ in count.files):
+            continue  # named twice
+        count.files.append((str(path), len(data), "code"))
+        count.code_bytes += len(data)
+    return count
+
+
+def _count_folder(folder: Path, budget: Budget) -> ByteCount:
     if not folder.is_dir():
         raise GolfError(f"{folder}: not a submission folder")
     count = ByteCount(budget=budget)

@@ -1,12 +1,16 @@
 """Calibration: Hessians H = sum X^T X of the inputs of every linear layer of any nn.Module.
 
-Forward hooks on every `nn.Linear` see each call's input X (flattened to (tokens, in_features))
-and add X^T X — each batch's product in float32 (`matmul_dtype`), summed over batches in float64,
-returned as float32 — keyed by the weight's state-dict name. Linears
+Forward hooks on every `nn.Linear` (subclasses included) see each call's input X (flattened to
+(tokens, in_features)) and add X^T X — each batch's product in float32 (`matmul_dtype`), summed
+over batches in float64, returned as float32 — keyed by the weight's state-dict name. Linears
 fed the very same input tensor (Q, K and V read one normed activation) compute X^T X once and
-end with one shared H object. A tied embedding is treated as the output layer: the caller
-passes a function giving the output projection's input (for our GPT: `model.hidden`), whose
-X^T X is keyed by `output_key` (default `tok_emb.weight`).
+end with one shared H object. A parameter no linear layer reads (a tied embedding used as the
+output layer through F.linear) gets its H where the model names its input: the model
+contract's optional `golf_hessian_inputs()` -> {parameter name: module whose OUTPUT that
+parameter multiplies} (our GPT: {"tok_emb.weight": its final norm}). The model runs through the
+contract, `model(ids, next_ids)` (artifact/runtime/contract.py); the loss itself is unused.
+(Older callers may instead pass `output_input_fn`, a function giving that input, stored under
+`output_key`.)
 
 Calibration tokens come from token arrays (train shards, read by the caller) or from the model
 itself (`generate_calibration`: autoregressive sampling from BOS, seeded).
@@ -22,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from artifact.runtime.contract import mean_loss
 from artifact.runtime.errors import ConfigError, DataError
 from artifact.runtime.progress import Progress
 
@@ -106,15 +111,17 @@ def collect_hessians(model: nn.Module, batches: Iterable[Tensor], *,
                      output_key: str = "tok_emb.weight", matmul_dtype: torch.dtype = torch.float32,
                      accumulate_dtype: torch.dtype = torch.float64,
                      progress: Progress | None = None) -> Hessians:
-    """Run `batches` (LongTensor token ids, (B, T)) through the model with hooks on every
-    nn.Linear. With `output_input_fn` (e.g. `model.hidden`), that function is what runs, and its
-    output's X^T X is stored under `output_key` (the tied embedding as the output layer);
-    otherwise `model(ids)` runs (an untied output head is an nn.Linear and gets its own hook).
+    """Run `batches` (LongTensor token ids, (B, T)) through the model (the contract's forward)
+    with hooks on every nn.Linear and on the modules `golf_hessian_inputs()` names. With
+    `output_input_fn` (e.g. `model.hidden`), that function is what runs instead, and its
+    output's X^T X is stored under `output_key` (the tied embedding as the output layer).
     Batches move to the model's device; the model is put in eval mode and restored after.
     `progress(done, total, note)` hears each batch (total 0 when `batches` has no length)."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     collector = _Collector(matmul_dtype, accumulate_dtype)
     hooks = [m.register_forward_hook(_hook(collector, key)) for key, m in linear_weight_names(model).items()]
+    if output_input_fn is None:
+        hooks += [m.register_forward_hook(_output_hook(collector, key)) for key, m in hessian_inputs(model).items()]
     was_training = model.training
     model.eval()
     n_samples = n_sequences = 0
@@ -122,10 +129,14 @@ def collect_hessians(model: nn.Module, batches: Iterable[Tensor], *,
     try:
         for i, ids in enumerate(batches):
             ids = _as_ids(ids).to(device)
-            if output_input_fn is None:
+            if output_input_fn is not None:
+                collector.add(output_key, output_input_fn(ids))
+            elif ids.is_floating_point():  # not a language model: a plain module of features
                 model(ids)
             else:
-                collector.add(output_key, output_input_fn(ids))
+                # the targets are the next tokens (the last wraps around): no layer before the
+                # loss reads them, so every hooked input is the one scoring would see
+                mean_loss(model, ids, torch.roll(ids, -1, dims=-1))
             collector.end_batch()
             n_samples += _positions(ids)
             n_sequences += ids.shape[0] if ids.ndim > 1 else 1
@@ -146,6 +157,30 @@ def _hook(collector: _Collector, key: str):
     def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
         collector.add(key, inputs[0])
     return hook
+
+
+def _output_hook(collector: _Collector, key: str):
+    def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
+        collector.add(key, output)
+    return hook
+
+
+def hessian_inputs(model: nn.Module) -> dict[str, nn.Module]:
+    """The model's `golf_hessian_inputs()` ({} without one), checked: parameter names of the
+    model, each mapped to one of its modules."""
+    fn = getattr(model, "golf_hessian_inputs", None)
+    if fn is None:
+        return {}
+    table = fn()
+    params = dict(model.named_parameters())
+    if not isinstance(table, dict):
+        raise ConfigError(f"{type(model).__name__}.golf_hessian_inputs() must return a dict, got {type(table).__name__}")
+    for name, module in table.items():
+        if name not in params or params[name].ndim != 2:
+            raise ConfigError(f"golf_hessian_inputs(): {name!r} is not a 2-D parameter of the model")
+        if not isinstance(module, nn.Module):
+            raise ConfigError(f"golf_hessian_inputs(): {name!r} maps to {type(module).__name__}, not a module")
+    return table
 
 
 def _as_ids(ids) -> Tensor:
@@ -204,7 +239,7 @@ def generate_calibration(model: nn.Module, n_seqs: int, seq_len: int, temperatur
             b = min(batch_size, n_seqs - start)
             ids = torch.full((b, 1), bos_id, dtype=torch.long, device=device)
             for _ in range(seq_len - 1):
-                logits = fn(ids)[:, -1, :].float().cpu()
+                logits = _logits(fn, ids)[:, -1, :].float().cpu()
                 probs = torch.softmax(logits / temperature, dim=-1)
                 nxt = torch.multinomial(probs, 1, generator=gen)
                 ids = torch.cat([ids, nxt.to(device)], dim=1)
@@ -212,3 +247,17 @@ def generate_calibration(model: nn.Module, n_seqs: int, seq_len: int, temperatur
     finally:
         model.train(was_training)
     return torch.cat(out)
+
+
+def _logits(fn, ids: Tensor) -> Tensor:
+    """fn(ids) as (B, T, V) logits; a ConfigError for a model that gives none (the model
+    contract asks only for losses: such a model calibrates on train tokens)."""
+    try:
+        out = fn(ids)
+    except TypeError as e:
+        out = e
+    if not isinstance(out, Tensor) or out.dim() != 3 or out.shape[:2] != ids.shape:
+        raise ConfigError("calibration source 'self' samples from the model's logits, but model(ids) gives none "
+                          f"({out if isinstance(out, Exception) else type(out).__name__}); calibrate on train tokens "
+                          "(source = \"train\")")
+    return out

@@ -1,7 +1,7 @@
 """The budget fit: measured candidates → solver → a recipe per tensor → the real blob, fitted.
 
 Fixed costs are the shipped code files (as `submission.plan_files` writes them, counted as the
-budget counts them) and the container's residual: the real blob's size minus the Σ of the chosen
+budget counts them: the runtime, a user's model file, counted code files such as train_gpt.py) and the container's residual: the real blob's size minus the Σ of the chosen
 candidates' predicted bytes (header, manifest, passthrough tensors, and whatever the shared scale
 and LQER streams gain or lose against their parts predicted alone). It is first taken from a
 reference blob (every quantizable tensor at its cheapest candidate), then from each real blob.
@@ -56,9 +56,11 @@ class FitResult:
         return self.packed is None
 
 
-def counted_code_bytes(model_config: dict, eval_defaults: dict, budget: Budget, compact: bool = False) -> int:
-    """Bytes of the shipped files other than the blob that `budget` counts."""
-    files = plan_files([], model_config, eval_defaults, compact, blob=b"")
+def counted_code_bytes(model_config: dict, eval_defaults: dict, budget: Budget, compact: bool = False,
+                       extra_files: dict[str, bytes] | None = None) -> int:
+    """Bytes of the shipped files other than the blob that `budget` counts (`extra_files`: the
+    model file and code files shipped beside run.py)."""
+    files = plan_files([], model_config, eval_defaults, compact, blob=b"", extra_files=extra_files)
     return sum(len(b) for rel, b in files.items() if rel != BLOB and not matches(rel, budget.not_counted))
 
 

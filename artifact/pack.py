@@ -77,10 +77,12 @@ def recipe_needs_hessians(recipe: Recipe) -> bool:
 def calibrate_for_recipe(model: torch.nn.Module, recipe: Recipe, train_tokens=None,
                          output_input_fn: Callable[[Tensor], Tensor] | None = None,
                          progress: Progress | None = None) -> dict[str, Tensor | None]:
-    """Hessians (X^T X per linear weight name, the tied embedding under the recipe's
-    `output_key` via `output_input_fn`) from the recipe's calibration tokens: windows of
-    `train_tokens` (source "train"; e.g. a train shard's memmap) or sequences the model samples
-    itself (source "self"; seeded, so repeatable)."""
+    """Hessians (X^T X per linear weight name, and per parameter the model's
+    `golf_hessian_inputs()` names: `calibrate.collect_hessians`) from the recipe's calibration
+    tokens: windows of `train_tokens` (source "train"; e.g. a train shard's memmap) or sequences
+    the model samples itself (source "self"; seeded, so repeatable; needs `model(ids)` to give
+    logits, as golf's GPT does). `output_input_fn` (older callers) stores the output layer's
+    input under the recipe's `output_key` instead of the model's own map."""
     cal = recipe.calibration
     if cal.source == "train":
         if train_tokens is None:
@@ -102,9 +104,10 @@ def hessians_for_recipe(model: torch.nn.Module, recipe: Recipe, batches,
     key = recipe.calibration.output_key
     hessians = collect_hessians(model, batches, output_input_fn=output_input_fn, output_key=key, progress=progress)
     out = dict(hessians.matrices)
-    # None marks a matrix no linear layer reads (an extra embedding table: bigram hash, value
-    # embeddings): calibrated, but with no Hessian to have. GPTQ rules round it to nearest.
-    out.update({n: None for n, p in model.named_parameters() if p.ndim == 2 and n not in out and n != key})
+    # None marks a matrix no linear layer reads and the model names no input for (an extra
+    # embedding table: bigram hash, value embeddings, an untied input embedding): calibrated,
+    # but with no Hessian to have. GPTQ rules round it to nearest.
+    out.update({n: None for n, p in model.state_dict().items() if p.ndim == 2 and n not in out})
     return out
 
 
@@ -283,6 +286,8 @@ def _passthrough_values(q: Quantized, name: str) -> np.ndarray:
         return bf16_bits(t.float().numpy())
     if t.dtype in (torch.float16, torch.float32):
         return t.numpy()
+    if t.dtype == torch.float64:  # the baseline rule keeps small float64 tensors: the container's
+        return t.float().numpy()  # widest float is fp32, and the manifest dtype brings back float64
     raise ConfigError(f"tensor {name}: passthrough of dtype {t.dtype} cannot be stored (use fp16 or fp32)")
 
 

@@ -4,8 +4,13 @@ A submission is a folder that scores itself with nothing but its own files:
 
     model.blob            the artifact (artifact.container.build_blob)
     config.json           model config + eval defaults (seq_len; `ttt`: the test-time-training
-                          settings, present only when the submission scores with TTT)
+                          settings, present only when the submission scores with TTT); for a
+                          user's model, the model section names its shipped file's factory
     run.py                a launcher that runs `golf_runtime.run.main()`
+    NAME.py, ...          a user's model file and counted code files (`--code-file`), shipped
+                          as they are beside run.py in both code forms (never inside the stub:
+                          their bytes are the user's own, and a model file that is also a code
+                          file, e.g. train_gpt.py, ships and counts once)
     golf_runtime/...      the runtime layer's modules that the run entry imports (computed from
                           their imports: `runtime_sources`), ttt.py only with TTT settings
     submission.json       not shipped/counted: what was packed (recipe, checkpoint hash, sizes)
@@ -202,9 +207,42 @@ def _json_bytes(obj, indent=None) -> bytes:
     return (json.dumps(obj, sort_keys=True, indent=indent, separators=sep, allow_nan=False) + "\n").encode()
 
 
+def read_code_files(paths) -> dict[str, bytes]:
+    """{file name: bytes} of code files shipped (and counted) as they are, e.g. a competitor's
+    train_gpt.py; the same name twice must be the same bytes."""
+    out: dict[str, bytes] = {}
+    for path in paths:
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read the code file ({e.strerror or e})") from None
+        if out.get(path.name, data) != data:
+            raise ConfigError(f"{path}: another code file named {path.name} with different bytes; rename one")
+        out[path.name] = data
+    return out
+
+
+def merge_shipped(*groups: dict[str, bytes]) -> dict[str, bytes]:
+    """Files shipped beside run.py (a user's model file, code files), checked: plain names, none
+    of the submission's own, one set of bytes per name (a model file that is also a code file
+    ships once)."""
+    out: dict[str, bytes] = {}
+    for group in groups:
+        for name, data in (group or {}).items():
+            if name in RESERVED or name == RUNTIME_PACKAGE or Path(name).name != name or name.startswith("."):
+                raise ConfigError(f"cannot ship a file named {name!r} beside run.py (a submission's own name, "
+                                  "or not a plain file name)")
+            if out.get(name, data) != data:
+                raise ConfigError(f"two different files named {name!r} would ship; rename one")
+            out[name] = data
+    return dict(sorted(out.items()))
+
+
 def plan_files(entries, model_config: dict, eval_defaults: dict, compact: bool = False,
-               blob: bytes | None = None) -> dict[str, bytes]:
-    """Every shipped file's bytes by relative path (the folder, minus submission.json)."""
+               blob: bytes | None = None, extra_files: dict[str, bytes] | None = None) -> dict[str, bytes]:
+    """Every shipped file's bytes by relative path (the folder, minus submission.json);
+    `extra_files` ship as they are, beside run.py, in either code form."""
     if not isinstance(model_config, dict) or not isinstance(eval_defaults, dict):
         raise ConfigError("model_config and eval_defaults must be dicts")
     ttt = eval_defaults.get("ttt")
@@ -217,6 +255,7 @@ def plan_files(entries, model_config: dict, eval_defaults: dict, compact: bool =
         files[ENTRY] = build_stub({rel: src.decode("utf-8") for rel, src in sources.items()})
     else:
         files.update(sources)  # the modules exactly as they are in the project
+    files.update(merge_shipped(extra_files))
     return dict(sorted(files.items()))
 
 
@@ -231,16 +270,18 @@ def check_out_dir(out_dir) -> None:
 
 
 def write_submission(out_dir, entries, model_config: dict, eval_defaults: dict, compact: bool = False,
-                     info: dict | None = None) -> dict:
+                     info: dict | None = None, extra_files: dict[str, bytes] | None = None) -> dict:
     """Write the submission folder `out_dir` atomically; return what was written.
 
-    `entries`: TensorEntry list for the blob; `model_config`: the runtime ModelConfig fields;
+    `entries`: TensorEntry list for the blob; `model_config`: config.json's model section (the
+    runtime ModelConfig fields, or a shipped model file's entry and config); `extra_files`:
+    {name: bytes} shipped as they are beside run.py (the model file, counted code files);
     `eval_defaults`: e.g. {"seq_len": 1024} (a "ttt" table ships the TTT module); `info`: extra
     JSON-able facts for submission.json (recipe, checkpoint hash, figures: keep them
     deterministic). Returns {"out_dir", "compact", "files": [{"path", "bytes", "sha256"}],
     "blob_bytes", "shipped_bytes"}."""
     out_dir = Path(out_dir)
-    files = plan_files(entries, model_config, eval_defaults, compact)
+    files = plan_files(entries, model_config, eval_defaults, compact, extra_files=extra_files)
     listing = [{"path": rel, "bytes": len(b), "sha256": hashlib.sha256(b).hexdigest()} for rel, b in files.items()]
     record = {"format": FORMAT, "version": FORMAT_VERSION, "compact": bool(compact), "entry": ENTRY,
               "files": listing, **(info or {})}

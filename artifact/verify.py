@@ -1,14 +1,16 @@
 """The fresh-process round trip: prove a submission folder works with nothing but its own files.
 
 `verify(sub_dir, budget, data_dir)`:
-1. counts the shipped bytes exactly as they sit on disk (`budget.count_submission`);
+1. counts the shipped bytes exactly as they sit on disk (`budget.count_submission`), plus code
+   files counted from outside the folder (a budget's `code_files`, `--code-file`);
 2. copies the folder to a clean temporary folder outside the project;
 3. runs its `run.py` there in a fresh interpreter (`python -I -B`, cwd = the copy) behind an
    import guard: a meta-path finder, first in line, that refuses any module whose file lies in
    one of this project's package folders (artifact/, train/, analysis/, wherever installed) — a
    missing shipped module is a failure, never a silent fallback to the installed project;
 4. checks run.py's JSON line: every tensor hash verified by the shipped decoder, as many tensors
-   as the manifest holds, every imported project module loaded from inside the copy; when
+   as the manifest holds, every imported project module (and a user's model file) loaded from
+   inside the copy; when
    config.json configures test-time training (eval.ttt), a TTT score from the shipped
    TTT module over exactly the plain eval's targets and bytes;
 5. returns the verdict: `FITS total=… (code=… model=…) limit=… headroom=… val_bpb=…` or
@@ -247,10 +249,11 @@ def _check_result(proc, result: dict | None, copy: Path, n_manifest: int) -> dic
 
 def verify(sub_dir, budget: Budget | str | int | None, data_dir, seq_len: int | None = None,
            stride: int | None = None, max_tokens: int | None = None, device: str | None = None,
-           threads: int | None = None, timeout: float = DEFAULT_TIMEOUT_S) -> VerifyResult:
+           threads: int | None = None, timeout: float = DEFAULT_TIMEOUT_S, code_files=()) -> VerifyResult:
     """Run the submission in `sub_dir` in a fresh, guarded process on `data_dir`'s val shards,
-    count its shipped bytes against `budget` (a Budget, a budgets.toml name or a byte count) and
-    return the verdict. Raises VerifyError when the round trip fails in any way."""
+    count its shipped bytes against `budget` (a Budget, a budgets.toml name or a byte count; its
+    code files and `code_files` count as code too) and return the verdict. Raises VerifyError
+    when the round trip fails in any way."""
     sub_dir = Path(sub_dir)
     if not isinstance(budget, Budget):
         budget = resolve_budget(budget)
@@ -258,7 +261,7 @@ def verify(sub_dir, budget: Budget | str | int | None, data_dir, seq_len: int | 
         raise VerifyError(f"{sub_dir}: not a submission folder (needs {ENTRY} and {BLOB})")
     if not Path(data_dir).is_dir():
         raise VerifyError(f"{data_dir}: no such data folder")
-    count = count_submission(sub_dir, budget)
+    count = count_submission(sub_dir, budget, code_files)
     n_manifest = _manifest_tensors(sub_dir / BLOB)
     with tempfile.TemporaryDirectory(prefix="golf-verify-") as tmp:
         if any(_inside(tmp, f) for f in [PROJECT_ROOT, *guarded_folders()]):

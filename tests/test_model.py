@@ -72,7 +72,8 @@ def rope(x, base):
 
 def reference_loss(sd, cfg: ModelConfig, ids, targets):
     """The baseline written out: embed → rmsnorm = x0; U-Net of blocks (resid_mix, attn, relu² MLP, scales);
-    final rmsnorm; tied/untied head; 30·tanh(z/30); mean cross-entropy."""
+    final rmsnorm; tied/untied head; c·tanh(z/c) (c = cfg.logit_softcap, 30 in the baseline); mean
+    cross-entropy."""
     h, kvh, hd = cfg.num_heads, cfg.num_kv_heads, cfg.model_dim // cfg.num_heads
     x = x0 = rms(sd["tok_emb.weight"][ids])
     bsz, t, _ = x.shape
@@ -106,7 +107,8 @@ def reference_loss(sd, cfg: ModelConfig, ids, targets):
         x = block(n_enc + j, x)
     head = sd.get("lm_head.weight", sd["tok_emb.weight"])
     logits = rms(x) @ head.T
-    logits = 30.0 * torch.tanh(logits / 30.0)
+    cap = cfg.logit_softcap
+    logits = cap * torch.tanh(logits / cap)
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
 
 

@@ -18,6 +18,7 @@ import io
 import json
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -59,19 +60,69 @@ def save_checkpoint(out_dir: str | Path, model: torch.nn.Module, cfg: ModelConfi
 
 # ---------------------------------------------------------------------------------------- load
 
-def load_checkpoint(path: str | Path) -> tuple[GPT, ModelConfig, dict]:
+# fields a bare state dict cannot show (no tensor shape depends on them) but the forward reads
+UNSEEN_FIELDS = ("logit_softcap", "rope_base")
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the GPT (eval mode, CPU), its config, the saved meta, the tensors as
+    the file holds them (each in its own dtype: what is packed) and where every config field
+    came from (`origin`: field -> "set" | "config" | "inferred" | "default")."""
+
+    model: GPT
+    cfg: ModelConfig
+    meta: dict
+    state: dict[str, torch.Tensor]
+    weights: Path
+    config_file: Path | None
+    origin: dict[str, str]
+
+    def defaulted(self) -> dict:
+        """The fields the forward reads that nothing gave (the checkpoint's tensors cannot show them)."""
+        return {k: getattr(self.cfg, k) for k in UNSEEN_FIELDS if self.origin[k] == "default"}
+
+
+def load_checkpoint(path: str | Path, config: str | Path | None = None,
+                    overrides: dict | None = None) -> tuple[GPT, ModelConfig, dict]:
     """(model in eval mode on CPU, its ModelConfig, the saved meta dict) from a checkpoint."""
+    ckpt = read_checkpoint(path, config, overrides)
+    return ckpt.model, ckpt.cfg, ckpt.meta
+
+
+def read_checkpoint(path: str | Path, config: str | Path | None = None,
+                    overrides: dict | None = None) -> Checkpoint:
+    """The checkpoint at `path` with its config resolved field by field: the shape inferred from
+    the tensors (baseline layout), under the config JSON (`config`, else the one beside the
+    weights; a partial one is merged over the inferred shape), under `overrides` (ModelConfig
+    fields). Anything else is the ModelConfig default, and `Checkpoint.defaulted()` says so."""
     weights, config_file = locate_checkpoint(Path(path))
+    if config is not None:
+        config_file = Path(config)
     state = read_state_dict(weights)
-    if config_file is not None:
-        cfg, meta = read_config(config_file)
-    else:
-        cfg, meta = infer_config(state, weights), {"config_inferred": True}
+    given, meta = read_config(config_file) if config_file is not None else ({}, {"config_inferred": True})
+    overrides = dict(overrides or {})
+    if not given:
+        _refuse_switch_tensors(state, weights)
+    try:
+        shape = infer_shape(state, weights)
+    except CheckpointError:
+        if not given:
+            raise
+        shape = {}  # not the baseline layout: the config JSON says what the shapes cannot
+    where = str(config_file) if config_file is not None else f"{weights} (inferred from the tensors)"
+    try:
+        cfg = ModelConfig.from_dict({**shape, **given, **overrides}, source=where)
+    except ConfigError as exc:
+        raise CheckpointError(f"{weights}: bad model config: {exc}") from None
     validate_state_dict(state, cfg, weights)
     model = GPT(cfg)
     model.load_state_dict(state, strict=True)
     model.eval()
-    return model, cfg, meta
+    origin = {f: "set" if f in overrides else "config" if f in given else "inferred" if f in shape else "default"
+              for f in cfg.to_dict()}
+    ordered = {k: state[k] for k in model.state_dict()}
+    return Checkpoint(model, cfg, meta, ordered, weights, config_file, origin)
 
 
 def locate_checkpoint(path: Path) -> tuple[Path, Path | None]:
@@ -143,8 +194,9 @@ def _unwrap_state_dict(raw, path: Path) -> dict[str, torch.Tensor]:
     return dict(raw)
 
 
-def read_config(path: Path) -> tuple[ModelConfig, dict]:
-    """ModelConfig and meta from a config JSON (ours, or a bare dict of ModelConfig fields)."""
+def read_config(path: Path) -> tuple[dict, dict]:
+    """(ModelConfig fields, meta) of a config JSON: ours ({"model": ..., "meta": ...}) or a bare,
+    possibly partial, dict of ModelConfig fields. Checked when the config is built."""
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -158,20 +210,15 @@ def read_config(path: Path) -> tuple[ModelConfig, dict]:
         model_part, meta = data["model"], data.get("meta", {})
         if not isinstance(model_part, dict) or not isinstance(meta, dict):
             raise CheckpointError(f"{path}: 'model' and 'meta' must be JSON objects")
-    else:
-        model_part, meta = data, {}
-    try:
-        return ModelConfig.from_dict(model_part, source=str(path)), meta
-    except ConfigError as exc:
-        raise CheckpointError(f"{path}: bad model config: {exc}") from None
-    except TypeError as exc:
-        raise CheckpointError(f"{path}: bad model config: {exc}") from None
+        return model_part, meta
+    # a bare dict may also record the training length, as our meta does
+    meta = {k: data[k] for k in ("seq_len", "train_seq_len") if k in data}
+    return {k: v for k, v in data.items() if k not in meta}, meta
 
 
-def infer_config(state: dict[str, torch.Tensor], path: Path) -> ModelConfig:
-    """Recover the model shape from tensor shapes (for a bare `final_model.pt`). Only the
-    baseline layout can be inferred: switches (extra tensors, or ones that change no shape)
-    need the config.json saved with the checkpoint."""
+def infer_shape(state: dict[str, torch.Tensor], path: Path) -> dict:
+    """The ModelConfig fields the tensor shapes show (for a bare `final_model.pt`): the baseline
+    layout's. Switches (extra tensors, or ones that change no shape) need a config JSON."""
 
     def need(name: str, ndim: int) -> torch.Tensor:
         if name not in state:
@@ -186,7 +233,6 @@ def infer_config(state: dict[str, torch.Tensor], path: Path) -> ModelConfig:
                                   f"{what} ({num} is not a multiple of {den})")
         return num // den
 
-    _refuse_switch_tensors(state, path)
     vocab, dim = need("tok_emb.weight", 2).shape
     layer_ids = {int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))}
     if not layer_ids:
@@ -196,13 +242,8 @@ def infer_config(state: dict[str, torch.Tensor], path: Path) -> ModelConfig:
     kv_rows = need("blocks.0.attn.c_k.weight", 2).shape[0]
     kv_heads = whole("blocks.0.attn.c_k.weight", kv_rows, head_dim, "the KV heads")
     mlp_mult = whole("blocks.0.mlp.fc.weight", need("blocks.0.mlp.fc.weight", 2).shape[0], dim, "mlp_mult")
-    try:
-        return ModelConfig(
-            vocab_size=vocab, num_layers=max(layer_ids) + 1, model_dim=dim, num_heads=heads,
-            num_kv_heads=kv_heads, mlp_mult=mlp_mult, tie_embeddings="lm_head.weight" not in state,
-        )
-    except ConfigError as exc:
-        raise CheckpointError(f"{path}: inferred an impossible model config: {exc}") from None
+    return {"vocab_size": int(vocab), "num_layers": max(layer_ids) + 1, "model_dim": int(dim), "num_heads": int(heads),
+            "num_kv_heads": kv_heads, "mlp_mult": mlp_mult, "tie_embeddings": "lm_head.weight" not in state}
 
 
 def _refuse_switch_tensors(state: dict[str, torch.Tensor], path: Path) -> None:

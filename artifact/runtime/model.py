@@ -165,8 +165,9 @@ class ModelConfig:
 
 
 class GPT(nn.Module):
-    """The GPT. `forward(ids)` returns soft-capped logits; `loss(ids, targets)` the mean
-    cross-entropy in nats (computed in float32)."""
+    """The GPT, under golf's model contract (artifact/runtime/contract.py): `forward(ids, targets)`
+    is the mean cross-entropy in nats (computed in float32), `reduction="none"` the per-token
+    losses; `forward(ids)` alone returns the soft-capped logits (training, sampling)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -177,6 +178,8 @@ class GPT(nn.Module):
         num_skips = min(self.num_encoder_layers, self.num_decoder_layers)
         self.skip_weights = nn.Parameter(torch.ones(num_skips, cfg.model_dim, dtype=torch.float32))
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
+        # parameterless, as the baseline's: its output is the output projection's input
+        self.final_norm = nn.RMSNorm(cfg.model_dim, elementwise_affine=False)
         self.lm_head = None if cfg.tie_embeddings else zero_init(CastedLinear(cfg.model_dim, cfg.vocab_size, bias=False))
         # Switch modules come after the baseline ones: a baseline config draws the same init.
         self.skip_gates = nn.Parameter(torch.zeros(num_skips, cfg.model_dim)) if cfg.skip_gates else None
@@ -260,21 +263,28 @@ class GPT(nn.Module):
             x = self.blocks[i](x, x0, ctx)
             if i < n_enc:
                 encoder_out[i] = x
-        return F.rms_norm(x, (x.size(-1),))
+        return self.final_norm(x)
 
     def output_weight(self) -> Tensor:
         return self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
 
-    def forward(self, input_ids: Tensor) -> Tensor:
+    def golf_hessian_inputs(self) -> dict[str, nn.Module]:
+        """The contract's optional map: a tied embedding is the output layer, read (through
+        F.linear) from the final norm's output."""
+        return {"tok_emb.weight": self.final_norm} if self.lm_head is None else {}
+
+    def forward(self, input_ids: Tensor, target_ids: Tensor | None = None, reduction: str = "mean") -> Tensor:
         h = self.hidden(input_ids)
         logits = F.linear(h, self.output_weight().to(h.dtype))
         cap = self.config.logit_softcap
-        return cap * torch.tanh(logits / cap)
-
-    def loss(self, input_ids: Tensor, target_ids: Tensor, reduction: str = "mean") -> Tensor:
-        logits = self.forward(input_ids)
+        logits = cap * torch.tanh(logits / cap)
+        if target_ids is None:
+            return logits
         losses = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), target_ids.reshape(-1), reduction=reduction)
         return losses if reduction != "none" else losses.view_as(target_ids)
+
+    def loss(self, input_ids: Tensor, target_ids: Tensor, reduction: str = "mean") -> Tensor:
+        return self.forward(input_ids, target_ids, reduction)
 
 
 def count_parameters(model: nn.Module) -> int:

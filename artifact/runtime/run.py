@@ -5,8 +5,9 @@ self-extracting `run.py`) and a two-line `run.py` that calls `main()`:
 
     python run.py --data DIR [--seq-len L] [--stride S] [--max-tokens N] [--device D] [--threads N]
 
-It decodes `model.blob` (every tensor's hash checked against the manifest), builds the GPT of
-`config.json`, loads the decoded weights strictly, scores val_bpb on DIR's validation shards with
+It decodes `model.blob` (every tensor's hash checked against the manifest, each tensor back in
+its own dtype), builds the model of `config.json` (golf's GPT, or the shipped model file's:
+`build_model`), loads the decoded weights strictly, scores val_bpb on DIR's validation shards with
 the challenge's exact rule (flat windows, or sliding windows with --stride; artifact/docs/val_bpb.md)
 and prints ONE JSON line, including where each imported module of this layer came from (so a
 verifier can prove they came from the folder). Exit 0 on success, 1 on a decode/hash failure,
@@ -24,7 +25,8 @@ import time
 
 import torch
 
-from .decoder import DecodeError, decode
+from .contract import USER_MODULE_PREFIX, call_factory, load_factory, model_vocab
+from .decoder import DecodeError, decode_torch
 from .errors import ConfigError
 from .model import GPT, ModelConfig
 from .scoring import eval_flat, eval_sliding, val_stream
@@ -53,26 +55,38 @@ def parse_args(argv):
 
 
 def shipped_modules():
-    """Module name -> file of every imported module of this layer's package."""
+    """Module name -> file of every imported module of this layer's package and of the model file."""
     package = __name__.rpartition(".")[0]
     return {name: os.path.abspath(getattr(mod, "__file__", None) or "<no file>")
-            for name, mod in sorted(sys.modules.items()) if name == package or name.startswith(package + ".")}
+            for name, mod in sorted(sys.modules.items())
+            if name == package or name.startswith((package + ".", USER_MODULE_PREFIX))}
 
 
 def build_model(config, folder):
     """The (untrained) model config.json describes: the seam every scorer of a submission uses
-    (this entry, and the verifier re-scoring the decoded weights)."""
-    return GPT(ModelConfig.from_dict(config["model"], source="config.json"))
+    (this entry, and the verifier re-scoring the decoded weights). Its model section is golf's
+    GPT config, or {"entry": "FILE.py:NAME", "config": {...}}: the shipped model file's factory
+    and the keyword arguments it is built with (artifact/runtime/contract.py)."""
+    section = config["model"]
+    if "entry" not in section:
+        return GPT(ModelConfig.from_dict(section, source="config.json"))
+    entry, kwargs = section["entry"], section.get("config", {})
+    path, _, name = str(entry).partition(":")
+    if not name or os.path.basename(path) != path or not path.endswith(".py") or not isinstance(kwargs, dict):
+        raise ConfigError(f"config.json model.entry {entry!r}: expected FILE.py:NAME (a file of the submission) "
+                          "and model.config an object")
+    return call_factory(load_factory(os.path.join(folder, path), name), kwargs)
 
 
 def load_model(folder, config):
     """The model of config.json with model.blob's decoded weights; (model, tensor count, seconds)."""
     t0 = time.perf_counter()
-    weights = decode(os.path.join(folder, "model.blob"))  # raises DecodeError on any hash mismatch
+    weights = decode_torch(os.path.join(folder, "model.blob"))  # raises DecodeError on any hash mismatch
     seconds = time.perf_counter() - t0
     model = build_model(config, folder)
-    # float32 values straight from the decoder: the hashed weights are exactly what is scored
-    model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()}, strict=True)
+    # the hashed float32 values, each rounded to its own dtype as the checkpoint held it (a bf16
+    # embedding comes back bf16), then taken into the model's parameters
+    model.load_state_dict(weights, strict=True)
     return model.eval(), len(weights), seconds
 
 
@@ -122,7 +136,7 @@ def main(argv=None, folder=None):
         ttt = ttt_config(config, seq_len)  # fails before decoding
         model, n_tensors, decode_seconds = load_model(folder, config)
         out.update(hashes_ok=True, n_tensors=n_tensors, decode_seconds=decode_seconds)
-        stream = val_stream(opts["data"], model.config.vocab_size, opts.get("max_tokens"))
+        stream = val_stream(opts["data"], model_vocab(model), opts.get("max_tokens"))
         r = evaluate(model, stream, seq_len, opts)
         out.update(val_loss=r.val_loss, val_bpb=r.val_bpb, tokens=r.tokens, bytes=r.bytes,
                    eval_seconds=r.seconds, mode=r.mode, seq_len=r.seq_len, stride=r.stride,

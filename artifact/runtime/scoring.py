@@ -1,8 +1,9 @@
 """val_bpb, exactly as the challenge computes it (artifact/docs/val_bpb.md), and `golf eval`.
 
 Flow: load the val shards (and a CaseOps byte side-car when the dataset has one) → cut the
-stream into windows (flat or sliding) → run the model over batches of windows → per-token
-cross-entropy in nats (float32) of the scored positions, summed in float64, next to the bytes
+stream into windows (flat or sliding) → run the model over batches of windows through the model
+contract (`artifact.runtime.contract`) → per-token cross-entropy in nats (float32) of the scored
+positions, summed in float64, next to the bytes
 those targets cover (`artifact.runtime.byte_count`) → val_bpb = Σ loss / (ln 2 · Σ bytes).
 
 A target position t is the prediction of token t+1 from tokens ≤ t; a window (start, end,
@@ -24,11 +25,11 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .errors import CheckpointError, ConfigError, DataError, GolfError
+from .errors import ConfigError, DataError, GolfError
 from .byte_count import ByteCounter, check_sidecar
+from .contract import mean_loss, model_vocab, per_token, token_losses
 from .progress import Progress, Reporter
 from .shards import DataPaths, load_tokens, read_header, read_shard, resolve_data
 
@@ -164,25 +165,26 @@ class WindowScorer:
 
     def score(self, batch: list[Window]) -> None:
         """Score one batch of equal-length windows (call under no_grad/inference_mode, with the
-        model in eval mode) and add its sums."""
+        model in eval mode) and add its sums. Through the model contract: per-token losses, or
+        the mean times the count when every position is scored (flat windows) and the model
+        gives only its mean."""
         tokens, dev = self.tokens, self.device
         length = batch[0][1] - batch[0][0]
         x_np = np.stack([tokens[s:e] for s, e, _ in batch]).astype(np.int64)
         y_np = np.stack([tokens[s + 1:e + 1] for s, e, _ in batch]).astype(np.int64)
         x = torch.from_numpy(x_np).to(dev, non_blocking=True)
         y = torch.from_numpy(y_np).to(dev, non_blocking=True)
+        starts = [f for _, _, f in batch]
         with self.autocast():
-            logits = self.model(x)
-        _check_logits(logits, len(batch), length, self.top_id)
-        first = min(f for _, _, f in batch)  # positions before it are scored by no window
-        starts = torch.tensor([f for _, _, f in batch], device=dev)
-        mask = torch.arange(first, length, device=dev)[None, :] >= starts[:, None]
-        nll = F.cross_entropy(logits[:, first:].float().reshape(-1, logits.size(-1)),
-                              y[:, first:].reshape(-1), reduction="none").view(len(batch), -1)
-        # torch.where, not boolean indexing: no host sync on CUDA
-        self.loss_sum += torch.where(mask, nll.double(), 0.0).sum()
+            if max(starts) == 0 and not per_token(self.model):
+                self.loss_sum += mean_loss(self.model, x, y).double() * y.numel()
+            else:
+                nll = token_losses(self.model, x, y)
+                mask = torch.arange(length, device=dev)[None, :] >= torch.tensor(starts, device=dev)[:, None]
+                # torch.where, not boolean indexing: no host sync on CUDA
+                self.loss_sum += torch.where(mask, nll.double(), 0.0).sum()
         nbytes = _window_bytes(x_np, y_np, batch, self.counter, self.sidecar)
-        np_mask = np.arange(length)[None, :] >= np.array([f for _, _, f in batch])[:, None]
+        np_mask = np.arange(length)[None, :] >= np.array(starts)[:, None]
         self.bytes += int(nbytes[np_mask].sum())
         self.scored += int(np_mask.sum())
 
@@ -224,31 +226,16 @@ def _score_windows(model: nn.Module, tokens: np.ndarray, windows: Iterator[Windo
     return total_loss, scorer.bytes, scorer.scored, seconds, scorer.device
 
 
-def _model_vocab(model: nn.Module) -> int | None:
-    """The model's input vocabulary: its config's, else its first embedding's row count."""
-    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
-    if isinstance(vocab, int):
-        return vocab
-    emb = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
-    return emb.num_embeddings if emb is not None else None
-
-
 def _check_vocab(model: nn.Module, top_id: int) -> None:
     # Checked before any forward: an out-of-range id is an IndexError on CPU and a device-side
     # assert (a dead CUDA context) on GPU.
-    vocab = _model_vocab(model)
-    if vocab is not None and top_id >= vocab:
+    vocab = model_vocab(model)
+    if vocab is None:
+        raise ConfigError(f"cannot tell the vocabulary of {type(model).__name__}: give it a `vocab_size` "
+                          "attribute or an nn.Embedding")
+    if top_id >= vocab:
         raise DataError(f"token id {top_id} in the data is beyond the model's vocab of {vocab}; "
                         "the data does not belong to this model")
-
-
-def _check_logits(logits, batch: int, length: int, top_id: int) -> None:
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 3 or tuple(logits.shape[:2]) != (batch, length):
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise CheckpointError(f"model returned {shape}; expected logits of shape ({batch}, {length}, vocab)")
-    if top_id >= logits.size(-1):
-        raise DataError(f"token id {top_id} in the data is beyond the model's {logits.size(-1)} logits; "
-                        "the data does not belong to this model's vocabulary")
 
 
 def _result(mode, seq_len, stride, loss, nbytes, scored, seconds, n_windows, dev) -> EvalResult:

@@ -38,12 +38,12 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError, DataError
 from .byte_count import ByteCounter
 from .config import build_dataclass
+from .contract import require_per_token, token_losses
 from .progress import Progress, Reporter
 from .scoring import (Window, WindowScorer, batch_windows, check_window_args, flat_kept_tokens, iter_flat_windows,
                       iter_sliding_windows, prepare_stream)
@@ -347,9 +347,7 @@ class _Runner:
                 x = torch.from_numpy(np.stack([self.tokens[s:e] for s, e, _ in batch]).astype(np.int64)).to(dev)
                 y = torch.from_numpy(np.stack([self.tokens[s + 1:e + 1] for s, e, _ in batch]).astype(np.int64)).to(dev)
                 with self.scorer.autocast():
-                    logits = self.model(x)
-                nll = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),
-                                      reduction="none").view(len(batch), -1)
+                    nll = token_losses(self.model, x, y, "test-time training")
                 loss_from = torch.tensor([f for _, _, f in batch], device=dev)
                 keep = torch.arange(x.size(1), device=dev)[None, :] >= loss_from[:, None]
                 loss = torch.where(keep, nll, 0.0).sum() / keep.sum()
@@ -462,6 +460,7 @@ def run_ttt(model: nn.Module, tokens, counter: ByteCounter | None, seq_len: int,
     check_window_args(seq_len, stride)
     if not isinstance(cfg, TTTConfig):
         raise ConfigError(f"run_ttt needs a TTTConfig, got {type(cfg).__name__}")
+    require_per_token(model, "test-time training")  # before any scoring
     arr, side = prepare_stream(tokens, counter, sidecar)
     n_targets, windows = _eval_plan(arr.size, seq_len, stride)
     arr = arr[:n_targets + 1]
