@@ -70,8 +70,10 @@ def probe_seqs(n_params: int, seq_len: int) -> int:
     return max(2, min(PROBE_SEQS, PROBE_WORK // max(1, n_params * (seq_len + 1))))
 
 
-def _cached_hessians(path: Path | None, compute: Callable[[], dict]) -> dict:
+def _cached_hessians(path: Path | None, compute: Callable[[], dict], log: Log | None = None) -> dict:
     if path is not None and path.is_file():
+        if log is not None:
+            log(f"calibrate: Hessians from the cache ({path.name})")
         return torch.load(path, weights_only=True)
     hessians = compute()
     if path is not None:
@@ -81,11 +83,12 @@ def _cached_hessians(path: Path | None, compute: Callable[[], dict]) -> dict:
 
 
 def prepare(checkpoint, data, cache: str | Path | None = None, grid: Grid | None = None,
-            progress: Callable[[str], Progress] | None = None, jobs: int | None = 1) -> dict[str, Any]:
+            progress: StageProgress | None = None, jobs: int | None = 1, log: Log | None = None) -> dict[str, Any]:
     """Load the checkpoint, calibrate (Hessians cached) and measure (`jobs` worker processes,
-    None: `measure.default_jobs()`). `progress(stage)` gives the progress callback of a stage
-    ("calibrate", "measure"). Returns a dict with model, cfg, meta, state, hessians,
-    calibration, measurement, data (paths) and seq_len (the training seq_len)."""
+    None: `measure.default_jobs()`). `progress(stage)` is called as each stage starts
+    ("calibrate", then "measure") and gives that stage's progress callback; `log` hears what
+    came from the cache. Returns a dict with model, cfg, meta, state, hessians, calibration,
+    measurement, data (paths) and seq_len (the training seq_len)."""
     model, cfg, meta = load_checkpoint(checkpoint)
     model.eval()
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -102,14 +105,15 @@ def prepare(checkpoint, data, cache: str | Path | None = None, grid: Grid | None
     ckpt_hash = state_hash(state)
     h_path = cache_dir / f"hessians-{cache_key(ckpt_hash, calibration)}.pt" if cache_dir else None
     recipe = parse_recipe({"name": "fit", "calibration": {k: v for k, v in calibration.items() if k != "tokens_sha"}})
+    stage = progress or (lambda name: None)
+    cal_progress = stage("calibrate")
     hessians = _cached_hessians(h_path, lambda: calibrate_for_recipe(
-        model, recipe, tokens, model.hidden, progress=progress("calibrate") if progress else None))
+        model, recipe, tokens, model.hidden, progress=cal_progress), log)
     n_probe = probe_seqs(sum(t.numel() for t in state.values()), seq_len)
     probe_batches = batches_from_tokens(tokens, n_probe, seq_len + 1, n_probe, cal.offset)
     measurement = measure(state, hessians, grid, probe_loss_fn(model, probe_batches),
                           calibration={**calibration, "probe": [n_probe, seq_len + 1]}, cache_dir=cache_dir,
-                          progress=progress("measure") if progress else None,
-                          jobs=default_jobs() if jobs is None else jobs)
+                          progress=stage("measure"), jobs=default_jobs() if jobs is None else jobs)
     return {"model": model, "cfg": cfg, "meta": meta, "state": state, "hessians": hessians,
             "calibration": calibration, "measurement": measurement, "data": paths, "seq_len": seq_len}
 
@@ -145,14 +149,19 @@ class FitRun:
 
 def fit_checkpoint(prepared: dict, budget: Budget, out: str | Path, val_data, pins: dict[str, str] | None = None,
                    dry_run: bool = False, compact: bool = True, max_tokens: int | None = None,
-                   budget_label: str | None = None, log: Log | None = None) -> FitRun:
+                   budget_label: str | None = None, log: Log | None = None,
+                   progress: StageProgress | None = None) -> FitRun:
     """Solve, pack and repair under `budget` (code counted as shipped), write the submission to
     OUT/submission and the fit's recipe to OUT/recipe.toml, and verify it in a fresh process on
-    `val_data`'s val shards (the first `max_tokens` tokens when given)."""
+    `val_data`'s val shards (the first `max_tokens` tokens when given). `progress(stage)` is
+    called as each stage starts ("solve", then "verify": its scoring's progress); `log` hears
+    each pack round."""
     out = Path(out)
     sub_dir = out / "submission"
     if not dry_run:
         check_out_dir(sub_dir)  # refuse before minutes of packing, not after
+    stage = progress or (lambda name: None)
+    stage("solve")
     cfg, m = prepared["cfg"], prepared["measurement"]
     eval_defaults = {"seq_len": prepared["seq_len"]}
     code = counted_code_bytes(cfg.to_dict(), eval_defaults, budget, compact)
@@ -171,9 +180,7 @@ def fit_checkpoint(prepared: dict, budget: Budget, out: str | Path, val_data, pi
     run.recipe_file = out / "recipe.toml"
     atomic_write(run.recipe_file, recipe_toml(recipe_data(res.choices, prepared["calibration"], m.grid.lqer_codec,
                                                           m.grid.scales_codec)))
-    if log is not None:
-        log("fit: verifying in a fresh process")
-    run.verify = verify(sub_dir, budget, val_data, max_tokens=max_tokens, device="cpu")
+    run.verify = verify(sub_dir, budget, val_data, max_tokens=max_tokens, device="cpu", progress=stage("verify"))
     return run
 
 

@@ -151,7 +151,7 @@ def test_tensor_hash_mismatch_is_an_error_even_with_a_valid_checksum(scratch_cop
 def test_over_budget_prints_over_and_exits_1(plain, capsys):
     code, last = cli_verify(plain, capsys, "--budget", "50000")
     assert code == 1
-    assert last.startswith("OVER total=") and "limit=50000 over_by=" in last and "val_bpb=" in last
+    assert last.startswith("OVER total=") and "limit=50,000 over_by=" in last and "val_bpb=" in last
 
 
 def test_missing_shipped_module_fails_instead_of_falling_back(scratch_copy, capsys):
