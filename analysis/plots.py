@@ -15,6 +15,7 @@ import io
 import math
 
 import matplotlib
+import matplotlib.ticker
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -116,7 +117,8 @@ def rate_distortion_figure(tensors: pd.DataFrame, candidates: pd.DataFrame | Non
         if len(chosen):
             ax.scatter(_numeric(chosen["bytes"]), _numeric(chosen[column]), **CHOSEN_STYLE)
         _positive_log(ax, _numeric(part[column]))
-        ax.set_title(f"{kind} ({part['name'].nunique()} tensors)", fontsize=10)
+        n = part["name"].nunique()
+        ax.set_title(f"{kind} ({n} tensor{'s' if n != 1 else ''})", fontsize=10)
         ax.set_xlabel("bytes", fontsize=9)
         ax.set_ylabel(label, fontsize=9)
         ax.tick_params(labelsize=8)
@@ -177,6 +179,7 @@ def layer_bits_bytes_figure(tensors: pd.DataFrame) -> Figure:
         ax.text(xi, total, f"{total / 1000:.1f}k", ha="center", va="bottom", fontsize=7)
     ax.set_xticks(x, order, fontsize=8)
     ax.set_ylabel("bytes", fontsize=9)
+    ax.yaxis.set_major_formatter(matplotlib.ticker.StrMethodFormatter("{x:,.0f}"))
     ax.set_title("Bytes per layer by tensor kind", fontsize=10)
     ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(True, axis="y", alpha=0.3)
@@ -264,6 +267,7 @@ def byte_breakdown_figure(breakdown: pd.DataFrame, budget: int | None = None) ->
     ax.set_yticks(y, labels, fontsize=9)
     ax.set_xlim(0, max(values) * 1.35 if len(values) else 1)
     ax.set_xlabel("bytes", fontsize=9)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.StrMethodFormatter("{x:,.0f}"))
     what = f"of the {budget:,}-byte budget" if budget else "of the total"
     ax.set_title(f"Where the {int(total):,} bytes go (share {what})", fontsize=10)
     ax.grid(True, axis="x", alpha=0.3)

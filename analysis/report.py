@@ -394,27 +394,34 @@ def _tensor_display(tensors: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([body, foot[[c for c in body.columns if c in foot]]], ignore_index=True).fillna("")
 
 
-def _compare_heading(compare: pd.DataFrame) -> str:
+def _compare_heading(compare: pd.DataFrame) -> tuple[str, str]:
+    """(heading, caption) of the comparison section: what was compared, on which tokens."""
     a = compare.attrs
     if a.get("kind") == "at_recipe_bytes":
         tokens = f"{a['tokens']:,} val tokens" if a.get("tokens") else "the val tokens"
-        ref = f"; unquantized val_bpb {a['reference_val_bpb']:.6f} on them" if a.get("reference_val_bpb") else ""
-        return (f"Each recipe beside the fit at that recipe's bytes (both scored on the same {tokens}{ref}; "
-                f"gaps against it)")
-    return "Recipes compared (golf compare: bytes as counted, val_bpb, gap to the unquantized model)"
+        ref = f", where the unquantized model scores val_bpb {a['reference_val_bpb']:.6f}" \
+            if a.get("reference_val_bpb") else ""
+        return ("Each recipe beside the fit at that recipe's bytes",
+                f"The fit re-solved from the measurement cache at exactly each recipe's counted total; both "
+                f"scored on the same {tokens}{ref}; gaps are against that.")
+    return ("Recipes compared", "golf compare: bytes as counted, val_bpb, gap to the unquantized model on the "
+                                "same tokens.")
 
 
-def _sections(tables: dict[str, pd.DataFrame]) -> list[tuple[str, pd.DataFrame | None, str | None]]:
-    """(heading, table of strings, plot stem shown after it) in the order both documents show them."""
-    sections = [("Verdict", _figures_table(tables["headline"], HEADLINE_TITLES), None),
-                ("Byte breakdown", formatted(tables["breakdown"]), "byte_breakdown"),
-                ("Per-tensor table", _tensor_display(tables["tensors"]), None),
-                ("Predicted Δloss per layer and matrix", None, "dloss_heatmap"),
-                ("Rate–distortion per tensor kind", None, "rate_distortion"),
-                ("Bytes and bits per layer", None, "layers")]
+def _sections(tables: dict[str, pd.DataFrame]) -> list[tuple[str, str, pd.DataFrame | None, str | None]]:
+    """(heading, caption, table of strings, plot stem shown after it) in the order both documents
+    show them."""
+    sections = [("Verdict", "", _figures_table(tables["headline"], HEADLINE_TITLES), None),
+                ("Byte breakdown", "", formatted(tables["breakdown"]), "byte_breakdown"),
+                ("Per-tensor table", "Bytes are each tensor's exact share of the shipped blob; predicted Δloss "
+                                     "is the fit's loss model, distortion its input.",
+                 _tensor_display(tables["tensors"]), None),
+                ("Predicted Δloss per layer and matrix", "", None, "dloss_heatmap"),
+                ("Rate–distortion per tensor kind", "", None, "rate_distortion"),
+                ("Bytes and bits per layer", "", None, "layers")]
     if "compare" in tables and len(tables["compare"]):
-        sections.append((_compare_heading(tables["compare"]), formatted(tables["compare"]), None))
-    sections.append(("Details", _figures_table(tables["details"]), None))
+        sections.append((*_compare_heading(tables["compare"]), formatted(tables["compare"]), None))
+    sections.append(("Details", "", _figures_table(tables["details"]), None))
     return sections
 
 
@@ -427,22 +434,24 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def html_table(frame: pd.DataFrame) -> str:
+def html_table(frame: pd.DataFrame, totals: bool = False) -> str:
+    """An HTML table of a DataFrame of strings (`totals`: its last row is a total, set in bold)."""
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r) + "</tr>"
                    for r in frame.itertuples(index=False))
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    cls = ' class="totals"' if totals else ""
+    return f"<table{cls}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 # ------------------------------------------------------------------------------ writing
 
 _CSS = """body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em;color:#222;max-width:1400px}
 table{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:12px}
-th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
+th,td{border:1px solid #ccc;padding:3px 7px;text-align:right;white-space:nowrap}
 th{background:#f0f0f0;position:sticky;top:0}
 td:first-child,th:first-child{text-align:left}
 tr:nth-child(even){background:#fafafa}
-tbody tr:last-child{font-weight:600}
+table.totals tbody tr:last-child{font-weight:600}
 img{max-width:100%;border:1px solid #ddd;margin:0.5em 0 1.5em}
 h2{border-bottom:1px solid #ddd;padding-bottom:0.2em;margin-top:1.6em}
 .verdict{font-size:18px;font-weight:600;padding:0.6em 0.9em;border-radius:4px;display:inline-block}
@@ -466,12 +475,14 @@ def write_report(folder, tables: dict[str, pd.DataFrame], title: str | None = No
     md = [f"# {title}", "", f"**{verdict}**", ""]
     body = [f"<h1>{html.escape(title)}</h1>",
             f'<p class="verdict {html.escape(str(head.get("verdict", "")))}">{html.escape(verdict)}</p>']
-    for heading, table, stem in sections:
-        md += [f"## {heading}", ""]
+    for heading, caption, table, stem in sections:
+        md += [f"## {heading}", ""] + ([caption, ""] if caption else [])
         body.append(f"<h2>{html.escape(heading)}</h2>")
+        if caption:
+            body.append(f"<p>{html.escape(caption)}</p>")
         if table is not None:
             md += [markdown_table(table), ""]
-            body.append(html_table(table))
+            body.append(html_table(table, totals=heading == "Per-tensor table"))
         if stem is not None:
             alt = html.escape(PLOT_TITLES[stem])
             md += [f"![{PLOT_TITLES[stem]}](report_{stem}.png)", ""]

@@ -11,8 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from helpers import chromium, screenshot
 
 from analysis.cli import main
 from analysis.compare import AT_BYTES_COLUMNS
@@ -150,9 +152,9 @@ def test_the_comparison_is_each_recipe_at_its_bytes_in_a_fixed_order(fit_folder,
     assert tuple(compare.columns) == AT_BYTES_COLUMNS
     assert compare.attrs == {"kind": "at_recipe_bytes", "tokens": 4096, "reference_val_bpb": 1.8301}
     md = write_report(tmp_path, tables)["md"].read_text()
-    heading = next(line for line in md.splitlines() if line.startswith("## Each recipe"))
-    assert "4,096 val tokens" in heading and "1.830100" in heading
-    table = md[md.index(heading):].split("\n\n")[1]
+    heading = md.index("## Each recipe beside the fit at that recipe's bytes")
+    caption, table = md[heading:].split("\n\n")[1:3]
+    assert "same 4,096 val tokens" in caption and "1.830100" in caption
     assert table.splitlines()[0].startswith("| recipe | recipe bytes | recipe val_bpb | recipe gap | fit bytes |")
 
 
@@ -229,3 +231,23 @@ def test_bad_folders_give_clear_errors(tmp_path, capsys):
         load_fit_tables(bad)
     assert main(["report", str(empty)]) == 2
     assert "golf report: error:" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(chromium() is None, reason="no headless chromium (apt-get install -y chromium)")
+def test_the_report_renders_in_a_real_browser(fit_folder, tmp_path):
+    """report.html in headless Chromium: the page renders (not blank), its top is the verdict
+    box in the verdict's colour, and the embedded plots load (the page is tall with them).
+    The same check on a real fit: `python tests/helpers.py runs/fit/report.html shot.png`."""
+    import matplotlib.image
+
+    folder, _, _ = fit_folder
+    tables = load_fit_tables(folder)
+    html = write_report(tmp_path, tables)["html"]
+    png = tmp_path / "shot.png"
+    screenshot(html, png, width=1400, height=1200)
+    image = matplotlib.image.imread(png)[..., :3]
+    assert image.shape[:2] == (1200, 1400) and image.std() > 0.05  # drawn, not a blank page
+    verdict = dict(zip(tables["headline"]["figure"], tables["headline"]["value"]))["verdict"]
+    box = {"FITS": (0xE3, 0xF4, 0xE1), "OVER": (0xFD, 0xE2, 0xE1)}[verdict]
+    top = (image[:200] * 255).round()
+    assert (np.abs(top - np.array(box)).sum(axis=-1) < 6).sum() > 2000  # the verdict box, in its colour
