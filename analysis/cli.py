@@ -163,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         # The reader went away (`golf ... --json | head`): not an error of ours; stay quiet.
         sys.stdout = open(os.devnull, "w")
         return 0
+    finally:
+        configure(False)  # a later library call in this process reports progress as asked
 
 
 if __name__ == "__main__":
