@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 import tomllib
@@ -143,7 +144,7 @@ class Meter:
 
     def __init__(self, label: str, enabled: bool = True, every_s: float = LOG_EVERY_S, results: bool = False):
         self.label, self.enabled, self.every_s, self.results = label, enabled, every_s, results
-        self.t0 = time.perf_counter()
+        self.t0 = time.time()  # tqdm's own clock
         self.last = -math.inf
         self.bar: tqdm | None = None
         self.initial: int | None = None
@@ -151,7 +152,7 @@ class Meter:
     def __call__(self, done: int, total: int, note: str = "") -> None:
         if not self.enabled or _quiet:
             return
-        now = time.perf_counter()
+        now = time.time()
         if self.initial is None:  # work reported done at once (from a cache) is not a rate
             self.initial = done if now - self.t0 < 1.0 else 0
         if sys.stderr.isatty():
@@ -168,8 +169,12 @@ class Meter:
 
     def _draw(self, done: int, total: int, note: str) -> None:
         if self.bar is None:
-            self.bar = tqdm(total=total, initial=done, desc=self.label, file=sys.stderr, dynamic_ncols=True,
-                            leave=True, bar_format=_BAR_FORMAT)
+            # a pty may report a 0 x 0 screen, where tqdm would hide the bar: give it a size then
+            sized = min(os.get_terminal_size(sys.stderr.fileno())) > 0
+            self.bar = tqdm(total=total, initial=self.initial, desc=self.label, file=sys.stderr, leave=True,
+                            dynamic_ncols=sized, ncols=None if sized else 100, nrows=None if sized else 24,
+                            bar_format=_BAR_FORMAT)
+            self.bar.start_t = self.t0  # elapsed and rate from the stage's start, as in a log line
         self.bar.total = total
         self.bar.set_postfix_str(note, refresh=False)
         self.bar.update(done - self.bar.n)

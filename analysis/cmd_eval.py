@@ -33,9 +33,9 @@ def add_arguments(p) -> None:
 # flag -> (TTTConfig field, type, help); defaults live in TTTConfig alone
 _TTT_FLAGS = {
     "--ttt-chunk": ("chunk_tokens", int, "targets per chunk (default: 32768 chunked, 64 lora/phased; <= seq_len there)"),
-    "--ttt-epochs": ("epochs", int, "passes over each scored chunk (lora: steps per chunk; default 1)"),
+    "--ttt-epochs": ("epochs", int, "passes over each scored chunk (lora: steps per chunk; default: 1)"),
     "--ttt-optimizer": ("optimizer", str, "full-model optimizer: sgd or adamw (default: sgd)"),
-    "--ttt-lr": ("lr", float, "full-model lr (chunked; phased global phases; default 0.002)"),
+    "--ttt-lr": ("lr", float, "full-model lr (chunked; phased global phases; default: 0.002)"),
     "--ttt-momentum": ("momentum", float, "SGD momentum (default: 0.9)"),
     "--ttt-weight-decay": ("weight_decay", float, "weight decay (default: 0)"),
     "--ttt-grad-clip": ("grad_clip", float, "gradient-norm clip, 0 = off (default: 1.0)"),
