@@ -268,6 +268,7 @@ def details(record: dict, blob: dict | None, count: ByteCount | None, source: st
             f["scoring"] = (f"{run.get('mode')} seq_len {run.get('seq_len')}"
                             f"{' stride ' + str(run['stride']) if run.get('stride') else ''}, "
                             f"{run.get('tokens', 0):,} tokens / {run.get('bytes', 0):,} bytes on {run.get('device')}")
+        f["unquantized reference"] = record.get("unquantized_source")
         if isinstance(record.get("seconds"), (int, float)):
             f["fit time (s)"] = round(float(record["seconds"]), 1)
     else:
