@@ -37,11 +37,18 @@ def _figure(width: float, height: float) -> Figure:
     return fig
 
 
+def _defaults() -> dict:
+    """matplotlib's default style, less the backend: entering an rc_context with the default
+    `backend` resolves it (to Agg here) and the choice outlives the context, which would take
+    inline plots away from a notebook."""
+    return {k: v for k, v in matplotlib.rcParamsDefault.items() if k != "backend"}
+
+
 def png_bytes(fig: Figure) -> bytes:
     """The figure as PNG bytes with no metadata (deterministic), drawn under matplotlib's
     defaults whatever the user's matplotlibrc says."""
     buf = io.BytesIO()
-    with matplotlib.rc_context(rc=matplotlib.rcParamsDefault):
+    with matplotlib.rc_context(rc=_defaults()):
         fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
     return buf.getvalue()
 
@@ -49,7 +56,7 @@ def png_bytes(fig: Figure) -> bytes:
 def _styled(fn):
     """Run a plot function under matplotlib's defaults, whatever the user's matplotlibrc says."""
     def wrapper(*args, **kwargs):
-        with matplotlib.rc_context(rc=matplotlib.rcParamsDefault):
+        with matplotlib.rc_context(rc=_defaults()):
             matplotlib.rcParams["svg.hashsalt"] = "golf"
             return fn(*args, **kwargs)
     wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
