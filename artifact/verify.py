@@ -12,8 +12,9 @@
    config.json configures test-time training (eval.ttt), a TTT score from the shipped
    TTT module over exactly the plain eval's targets and bytes;
 5. returns the verdict: `FITS total=… (code=… model=…) limit=… headroom=… val_bpb=…` or
-   `OVER total=… limit=… over_by=… val_bpb=…` (byte counts with thousands separators); val_bpb is the submission's score (the TTT
-   figure when it has TTT, then followed by `plain_val_bpb=…`).
+   `OVER total=… limit=… over_by=… val_bpb=…` (byte counts with thousands separators); val_bpb
+   is the submission's score (the TTT figure when it has TTT, then followed by `plain_val_bpb=…`).
+   `progress` hears the run's scoring as it goes (run.py's `golf-progress` lines on stderr).
 A failed process, a hash mismatch (tampered blob), an import from outside or a timeout raises
 `VerifyError` (an `ArtifactError`).
 """

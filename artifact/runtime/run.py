@@ -10,8 +10,7 @@ It decodes `model.blob` (every tensor's hash checked against the manifest), buil
 the challenge's exact rule (flat windows, or sliding windows with --stride; artifact/docs/val_bpb.md)
 and prints ONE JSON line, including where each imported module of this layer came from (so a
 verifier can prove they came from the folder); progress goes to stderr as `golf-progress DONE
-TOTAL` lines. Exit 0 on success, 1 on a decode/hash failure,
-2 on any other error.
+TOTAL` lines. Exit 0 on success, 1 on a decode/hash failure, 2 on any other error.
 
 With a `ttt` table in config.json's eval section (then ttt.py ships too) the same tokens are also
 scored with test-time training (`ttt.run_ttt`, as `golf eval --ttt`): the line gains a `ttt`
