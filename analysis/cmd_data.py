@@ -16,27 +16,31 @@ from train.make_bundle import DEFAULT_TRAIN_TOKENS, make_bundle
 
 
 def add_fetch_arguments(f) -> None:
-    f.add_argument("--out", default="corpus", help="corpus folder to write docs.jsonl into (default: corpus)")
-    f.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"document shuffle seed (default: {DEFAULT_SEED})")
+    f.add_argument("--out", default="corpus", metavar="DIR",
+                   help="corpus folder to write docs.jsonl into (default: corpus)")
+    f.add_argument("--seed", type=int, default=DEFAULT_SEED, metavar="N",
+                   help=f"document shuffle seed (default: {DEFAULT_SEED})")
     add_json_flag(f)
 
 
 def add_build_arguments(b) -> None:
-    b.add_argument("--corpus", required=True, help="folder of .txt/.jsonl documents (or one file)")
-    b.add_argument("--out", required=True, help="data folder to create (datasets/, tokenizers/, manifest.json)")
-    b.add_argument("--vocab", type=int, required=True, help="SentencePiece vocabulary size")
-    b.add_argument("--val-docs", type=int, required=True, help="the first N documents form the val split")
-    b.add_argument("--name", default="golf", help="file-name prefix (default: golf)")
-    b.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS,
+    b.add_argument("--corpus", required=True, metavar="DIR", help="folder of .txt/.jsonl documents, or one file (required)")
+    b.add_argument("--out", required=True, metavar="DIR",
+                   help="data folder to create: datasets/, tokenizers/, manifest.json (required)")
+    b.add_argument("--vocab", type=int, required=True, metavar="V", help="SentencePiece vocabulary size (required)")
+    b.add_argument("--val-docs", type=int, required=True, metavar="N",
+                   help="the first N documents form the val split (required)")
+    b.add_argument("--name", default="golf", metavar="NAME", help="file-name prefix (default: golf)")
+    b.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, metavar="N",
                    help=f"tokens per shard (default: {DEFAULT_SHARD_TOKENS:,})")
-    b.add_argument("--case-transform", choices=CASE_TRANSFORMS, default="none",
-                   help="caseops = lossless lower-casing with operator tokens + val byte side-cars "
-                        "(seed 004); default: none")
+    b.add_argument("--case-transform", choices=CASE_TRANSFORMS, default="none", metavar="NAME",
+                   help="none, or caseops = lossless lower-casing with operator tokens + val byte side-cars "
+                        "(seed 004) (default: none)")
     add_json_flag(b)
 
 
 def add_check_arguments(c) -> None:
-    c.add_argument("dir", nargs="?", default=str(BUNDLED_DATA), help="data folder (default: the bundled data)")
+    c.add_argument("dir", nargs="?", default=str(BUNDLED_DATA), metavar="DIR", help="data folder (default: the bundled data)")
     add_json_flag(c)
 
 
@@ -110,8 +114,9 @@ def _check_text(r: dict) -> str:
 
 
 def add_bundle_arguments(p) -> None:
-    p.add_argument("--data", required=True, type=Path, help="built dataset (golf data build --out)")
-    p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint folder (golf train --out)")
+    p.add_argument("--data", required=True, type=Path, metavar="DIR", help="built dataset, golf data build --out (required)")
+    p.add_argument("--checkpoint", required=True, type=Path, metavar="DIR",
+                   help="checkpoint folder, golf train --out (required)")
     p.add_argument("--train-tokens", type=int, default=DEFAULT_TRAIN_TOKENS, metavar="N",
                    help=f"train tokens kept for calibration and tests (default: {DEFAULT_TRAIN_TOKENS:,})")
     add_json_flag(p)

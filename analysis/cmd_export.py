@@ -23,7 +23,7 @@ def add_arguments(p) -> None:
     form.add_argument("--compact", dest="compact", action="store_true", default=True,
                       help="minified sources compressed and base85-embedded: the fewest counted bytes (default)")
     form.add_argument("--plain-code", dest="compact", action="store_false",
-                      help="the minified sources as readable string literals (more counted bytes)")
+                      help="the minified sources as readable string literals, more counted bytes (default: off)")
     add_json_flag(p)
 
 

@@ -4,8 +4,10 @@
              [--dry-run] [--compact] [--cache DIR] [--jobs N] [--json]
              [--model FILE.py:NAME] [--model-config FILE] [--set KEY=VALUE ...] [--code-file PATH ...]
 
-measure (cached) → solve + pack + repair → write the submission to OUT/submission → verify it in
-a fresh process (artifact.pipeline) → compare with fixed recipes (analysis.compare). OUT also
+calibrate + measure (cached) → solve + pack + repair → write the submission to OUT/submission →
+verify it in a fresh process (artifact.pipeline) → set each of a few recipes beside the fit
+re-solved at that recipe's bytes (analysis.compare) → report. Each stage prints a numbered
+header and its progress on stderr. OUT also
 gets fit.json, tensors.csv, candidates.csv (every measured candidate, the chosen ones marked:
 the report's rate–distortion curves) and recipe.toml (the fit's choice as a recipe file); they
 live beside the submission folder, not in it, so they are never counted against the budget.
@@ -16,44 +18,59 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from analysis.cliutil import (Meter, add_code_file_flag, add_code_form_flags, add_json_flag, add_model_flags,
+from analysis.cliutil import (Meter, Stages, add_code_file_flag, add_code_form_flags, add_json_flag, add_model_flags,
                               default_budget, emit, model_spec, say, say_model)
-from analysis.compare import compare_recipes
+from analysis.compare import compare_at_recipe_bytes
 from analysis.fit_tables import CANDIDATE_COLUMNS, CSV_COLUMNS, candidate_rows, tensor_rows, write_csv
 from analysis.report import load_fit_tables, write_report
 from artifact.budget import resolve_budget
+from artifact.container import inspect as inspect_blob
 from artifact.measure import Choice
-from artifact.pipeline import fit_checkpoint, prepare
+from artifact.pipeline import EvalSetup, fit_checkpoint, prepare, score
 from artifact.recipe import load_recipe
 from artifact.runtime.errors import ConfigError, GolfError
 from artifact.runtime.files import atomic_write_json
+from artifact.runtime.scoring import val_stream
+from artifact.submission import BLOB
 from train.bundled import BUNDLED_CHECKPOINT, BUNDLED_DATA
 
 DEFAULT_OUT = "runs/fit"
 DEFAULT_CACHE = "runs/fit-cache"
 DEFAULT_COMPARE = "record-1855,seed-004,seed-003"
+DEFAULT_COMPARE_TOKENS = 32768
+
+
+FIT_STAGES = ("calibrate", "measure", "solve", "verify", "compare", "report")
 
 
 def add_arguments(p) -> None:
-    p.add_argument("checkpoint", nargs="?", default=None, help="checkpoint (default: the bundled one)")
-    p.add_argument("--budget", default=None, help="budget name in budgets.toml or a byte count (default: demo for "
-                                                    "the bundled checkpoint, else track_10min_16mb)")
-    p.add_argument("--out", default=DEFAULT_OUT, help=f"fit folder; the submission goes to OUT/submission "
-                                                      f"(default: {DEFAULT_OUT})")
-    p.add_argument("--data", default=None, help="data root for calibration and val (default: bundled data)")
+    p.add_argument("checkpoint", nargs="?", default=None, metavar="CKPT",
+                   help="checkpoint folder, .pt or .safetensors file (default: the bundled checkpoint)")
+    p.add_argument("--budget", default=None, metavar="NAME|BYTES",
+                   help="budget name in budgets.toml or a byte count (default: demo for the bundled checkpoint, "
+                        "else track_10min_16mb)")
+    p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
+                   help=f"fit folder; the submission goes to DIR/submission (default: {DEFAULT_OUT})")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="data root for calibration and val (default: the bundled data)")
     p.add_argument("--pin", action="append", default=[], metavar="NAME=LABEL",
                    help="restrict a tensor to candidates whose label has these '/'-separated fields "
-                        "(e.g. tok_emb.weight=int8, or a full label int6/sdclip:12.85/gptq/r0/ans)")
-    p.add_argument("--dry-run", action="store_true", help="predicted bytes and loss only: no submission")
+                        "(e.g. tok_emb.weight=int8, or a full label int6/sdclip:12.85/gptq/r0/p0/ans); "
+                        "repeatable (default: none)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="predicted bytes and loss only, write nothing (default: off)")
     add_code_form_flags(p)
-    p.add_argument("--cache", default=DEFAULT_CACHE, help=f"measurement cache folder (default: {DEFAULT_CACHE})")
-    p.add_argument("--jobs", type=int, default=None,
+    p.add_argument("--cache", default=DEFAULT_CACHE, metavar="DIR",
+                   help=f"measurement cache folder (default: {DEFAULT_CACHE})")
+    p.add_argument("--jobs", type=int, default=None, metavar="N",
                    help="worker processes measuring tensors (default: the CPU count, at most 8)")
-    p.add_argument("--max-tokens", type=int, default=None, help="verify on only the first N val tokens")
-    p.add_argument("--compare", default=DEFAULT_COMPARE,
-                   help=f"recipes to compare with ('' to skip); scored on --compare-tokens val tokens "
+    p.add_argument("--max-tokens", type=int, default=None, metavar="N",
+                   help="verify on only the first N val tokens (default: all)")
+    p.add_argument("--compare", default=DEFAULT_COMPARE, metavar="RECIPES",
+                   help=f"comma-separated recipes to set beside the fit at each recipe's bytes, '' to skip "
                         f"(default: {DEFAULT_COMPARE})")
-    p.add_argument("--compare-tokens", type=int, default=32768, help="val prefix for the comparison (default: 32768)")
+    p.add_argument("--compare-tokens", type=int, default=DEFAULT_COMPARE_TOKENS, metavar="N",
+                   help=f"val tokens the comparison scores, 0 = all (default: {DEFAULT_COMPARE_TOKENS})")
     add_model_flags(p)
     add_code_file_flag(p)
     add_json_flag(p)
@@ -69,59 +86,38 @@ def parse_pins(items: list[str]) -> dict[str, str]:
     return pins
 
 
-def stage_meter(stage: str) -> Meter:
-    """The progress meter of a pipeline stage ("calibrate", "measure")."""
-    return Meter(stage)
-
-
 def run(args) -> int:
     t0 = time.perf_counter()
     budget = resolve_budget(args.budget or default_budget(args.checkpoint))
     pins = parse_pins(args.pin)
     val_data = args.data or BUNDLED_DATA
     spec = model_spec(args)
-    p = prepare(args.checkpoint or BUNDLED_CHECKPOINT, val_data, args.cache, progress=stage_meter, jobs=args.jobs,
-                model=spec)
+    skip = {"verify", "compare", "report"} if args.dry_run else set() if args.compare else {"compare"}
+    stages = Stages([s for s in FIT_STAGES if s not in skip], "fit")
+    p = prepare(args.checkpoint or BUNDLED_CHECKPOINT, val_data, args.cache, progress=stages.meter, jobs=args.jobs,
+                model=spec, log=say)
     say_model(p["loaded"])
     label = str(args.budget) if args.budget is not None else budget.name
     fr = fit_checkpoint(p, budget, args.out, val_data, pins, args.dry_run, args.compact, args.max_tokens,
-                        budget_label=label, log=say, code_files=args.code_file)
-    res, m = fr.result, p["measurement"]
-    result = {"checkpoint": str(args.checkpoint or "bundled"), "model": p["loaded"].report(),
-              "budget": budget.name, "limit": budget.bytes,
-              "dry_run": args.dry_run, "code_bytes": fr.code_bytes, "predicted_total": res.predicted_total,
-              "predicted_dloss": res.predicted_loss, "solver": {"method": res.solution.method,
-                                                                 "optimal": res.solution.optimal},
-              "measure": m.stats, "rounds": res.rounds, "tensors": tensor_rows(m, res.choices, budget.bytes)}
-    if not args.dry_run:
-        v = fr.verify
-        result.update({"submission": str(fr.submission), "real_total": fr.real_total, "verify": v.to_dict(),
-                       "val_bpb": v.val_bpb, "line": v.line(),
-                       "unquantized_val_bpb": (p["meta"] or {}).get("val_bpb") if not args.max_tokens else None})
-        if args.compare:
-            result["compare"] = _compare(args, fr.recipe_file, budget, spec, p["state"])
+                        budget_label=label, log=say, code_files=args.code_file, progress=stages.meter)
+    result = fit_record(p, fr, budget, val_data, args.checkpoint, args.max_tokens)
+    if not args.dry_run and args.compare:
+        names = [r.strip() for r in args.compare.split(",") if r.strip()]
+        fitting = [n for n in names if _plans(n, p["state"])]
+        for n in sorted(set(names) - set(fitting)):
+            say(f"fit: recipe {n} does not apply to this model's tensors; left out of the comparison")
+        tokens = f"{args.compare_tokens:,}" if args.compare_tokens else "all"
+        stages.start("compare", f"{', '.join(fitting) or 'no fixed recipe'}, each beside the fit at its bytes, "
+                                f"on {tokens} val tokens")
+        result["compare"] = compare_at_recipe_bytes(p, fitting, val_data, budget, args.compare_tokens or None,
+                                                    args.compact, progress=Meter("compare", results=True),
+                                                    code_files=args.code_file)
     result["seconds"] = time.perf_counter() - t0
     if not args.dry_run:
-        _write_reports(Path(args.out), result, candidate_rows(m, res.choices))
+        stages.start("report")
+        write_fit_folder(Path(args.out), result, candidate_rows(p["measurement"], fr.result.choices))
     emit(result, args.json, _text)
     return 0
-
-
-def _compare(args, recipe_file: Path, budget, spec, state) -> list[dict]:
-    names = [r.strip() for r in args.compare.split(",") if r.strip()]
-    fitting = [n for n in names if _plans(n, state)]
-    for n in sorted(set(names) - set(fitting)):
-        say(f"fit: recipe {n} does not apply to this model's tensors; left out of the comparison")
-    say(f"fit: comparing with {', '.join(fitting) or 'no fixed recipe'} on {args.compare_tokens:,} val tokens")
-    table = compare_recipes(args.checkpoint or BUNDLED_CHECKPOINT, fitting + [str(recipe_file)],
-                            args.data or BUNDLED_DATA, budget, max_tokens=args.compare_tokens,
-                            compact=args.compact, log=say, model=spec, code_files=args.code_file)
-
-    def plain(k, v):
-        if isinstance(v, float) and v != v:
-            return None  # NaN: the unquantized row has no bytes
-        return int(v) if k.endswith("bytes") or k == "headroom" else v
-    return [{k: plain(k, v) for k, v in row.items()} for row in table.to_dict(orient="records")]
 
 
 def _plans(recipe: str, state) -> bool:
@@ -133,7 +129,45 @@ def _plans(recipe: str, state) -> bool:
         return False
 
 
-def _write_reports(out: Path, result: dict, candidates: list[dict]) -> None:
+def fit_record(p: dict, fr, budget, val_data, checkpoint=None, max_tokens: int | None = None) -> dict:
+    """fit.json: what was fitted, the choice per tensor (bytes as shipped when written), the
+    verdict of the fresh-process verify, and the unquantized model's val_bpb on the tokens
+    verify scored (the gap's reference)."""
+    res, m = fr.result, p["measurement"]
+    shipped = None
+    if not res.dry_run:
+        shipped = {r["name"]: r["bytes"] for r in inspect_blob(fr.submission / BLOB)["tensors"]}
+    result = {"checkpoint": str(checkpoint or "bundled"), "model": p["loaded"].report(),
+              "budget": budget.name, "limit": budget.bytes,
+              "dry_run": res.dry_run, "code_bytes": fr.code_bytes, "predicted_total": res.predicted_total,
+              "predicted_dloss": res.predicted_loss, "solver": {"method": res.solution.method,
+                                                                 "optimal": res.solution.optimal},
+              "measure": m.stats, "rounds": res.rounds, "tensors": tensor_rows(m, res.choices, budget.bytes, shipped)}
+    if not res.dry_run:
+        v = fr.verify
+        reference, source = unquantized_reference(p, v.run, val_data, max_tokens)
+        result.update({"submission": str(fr.submission), "real_total": fr.real_total, "verify": v.to_dict(),
+                       "val_bpb": v.val_bpb, "line": v.line(), "unquantized_val_bpb": reference,
+                       "unquantized_source": source})
+    return result
+
+
+def unquantized_reference(p: dict, run: dict, val_data, max_tokens: int | None) -> tuple[float, str]:
+    """The unquantized checkpoint's val_bpb on exactly the tokens verify scored: the figure stored
+    in the checkpoint when it was scored on as many tokens and bytes at the same seq_len, else
+    scored here (the same flat windows)."""
+    meta = p["meta"] or {}
+    if (isinstance(meta.get("val_bpb"), float) and meta.get("seq_len") == run.get("seq_len") == p["seq_len"]
+            and (meta.get("val_tokens"), meta.get("val_bytes")) == (run.get("tokens"), run.get("bytes"))
+            and not run.get("stride")):
+        return meta["val_bpb"], "the checkpoint's stored figure (same tokens, bytes and windows)"
+    say("fit: scoring the unquantized checkpoint on the same tokens (the gap's reference)")
+    loaded = p["loaded"]
+    setup = EvalSetup(p["model"], val_stream(val_data, int(loaded.vocab_size), max_tokens), p["seq_len"], loaded)
+    return score(setup, device="cpu").val_bpb, "scored here on the same tokens"
+
+
+def write_fit_folder(out: Path, result: dict, candidates: list[dict]) -> None:
     """fit.json + tensors.csv + candidates.csv, then the report (CSV, Markdown, self-contained
     HTML with plots)."""
     atomic_write_json(out / "fit.json", result, indent=1)
@@ -145,31 +179,34 @@ def _write_reports(out: Path, result: dict, candidates: list[dict]) -> None:
 
 def _text(r: dict) -> str:
     width = max(len(t["name"]) for t in r["tensors"])
-    lines = [f"{'tensor':<{width}}  {'choice':<36} {'params':>8} {'bytes':>8} {'bits/w':>6} {'pred dloss':>10}"]
+    what = "bytes" if r["dry_run"] else "shipped"
+    lines = [f"{'tensor':<{width}}  {'choice':<36} {'params':>8} {what:>8} {'bits/w':>6} {'pred Δloss':>10}"]
     for t in r["tensors"]:
         label = Choice(t["bits"], t["clip"], t["gptq"], t["lqer_rank"], t["codec"], t["prune"]).label
         lines.append(f"{t['name']:<{width}}  {label:<36} {t['params']:>8,} {t['bytes']:>8,} "
-                     f"{t['bits_per_weight']:>6.3f} {t['predicted_dloss']:>10.5f}")
+                     f"{t['bits_per_weight']:>6.3f} {t['predicted_dloss']:>10.6f}")
     ms = r["measure"]
-    lines += ["", f"measure      {ms['tensors']} tensors, {ms['measured']} candidates measured, {ms['cached']} "
+    lines += ["", f"measure      {ms['tensors']} tensors, {ms['measured']:,} candidates measured, {ms['cached']:,} "
                   f"from cache, {ms['seconds']:.1f} s",
               f"solver       {r['solver']['method']} (optimal={r['solver']['optimal']}); code {r['code_bytes']:,} B",
               f"predicted    total {r['predicted_total']:,} B of {r['limit']:,} ({r['budget']}), "
-              f"Δloss {r['predicted_dloss']:.5f} nats"]
+              f"Δloss {r['predicted_dloss']:.6f} nats"]
     if r["dry_run"]:
         return "\n".join(lines + ["dry run: nothing written"])
     lines.append(f"real         total {r['real_total']:,} B (predicted {r['predicted_total']:,}, "
                  f"{len(r['rounds'])} pack round(s))")
     if r.get("unquantized_val_bpb") is not None:
-        lines.append(f"val_bpb      {r['val_bpb']:.6f} (unquantized {r['unquantized_val_bpb']:.6f}, "
-                     f"gap {r['val_bpb'] - r['unquantized_val_bpb']:+.6f})")
+        lines.append(f"val_bpb      {r['val_bpb']:.8f} (unquantized {r['unquantized_val_bpb']:.8f}, "
+                     f"gap {r['val_bpb'] - r['unquantized_val_bpb']:+.8f})")
     if r.get("compare"):
-        lines += ["", "comparison on a val prefix (fit = recipe.toml):",
-                  f"{'recipe':<28} {'total bytes':>12} {'val_bpb':>10} {'gap':>9}  fits"]
-        for c in r["compare"]:
-            tb = f"{c['total_bytes']:,}" if c.get("total_bytes") is not None else "-"
-            fits = "" if c.get("fits") is None else ("yes" if c["fits"] else "NO")
-            lines.append(f"{str(c['recipe']):<28} {tb:>12} {c['val_bpb']:>10.6f} {c['gap']:>+9.6f}  {fits}")
+        c = r["compare"]
+        lines += ["", f"each recipe beside the fit at that recipe's bytes ({c['tokens']:,} val tokens; "
+                      f"unquantized {c['reference_val_bpb']:.6f} on them):",
+                  f"{'recipe':<22} {'bytes':>11} {'val_bpb':>9} {'fit bytes':>11} {'fit val_bpb':>11} {'fit-recipe':>10}"]
+        for row in c["rows"]:
+            fit_part = (f"{row['fit_bytes']:>11,} {row['fit_val_bpb']:>11.6f} {row['fit_minus_recipe']:>+10.6f}"
+                        if "fit_val_bpb" in row else f"  {row['note']}")
+            lines.append(f"{row['recipe']:<22} {row['recipe_bytes']:>11,} {row['recipe_val_bpb']:>9.6f} {fit_part}")
     lines += ["", f"wrote        {r['submission']} (+ fit.json, tensors.csv, candidates.csv, recipe.toml beside it)",
               f"report       {r.get('report', '-')}",
               f"time         {r['seconds']:.1f} s", r["line"]]

@@ -20,26 +20,29 @@ from pathlib import Path
 
 from analysis.cliutil import (Meter, add_code_file_flag, add_code_form_flags, add_json_flag, add_model_flags,
                               default_budget, emit, model_spec, say_model)
-from analysis.cmd_eval import add_ttt_flags, ttt_config_from_args
+from analysis.cmd_eval import add_device_flag, add_ttt_flags, ttt_config_from_args
 from artifact.budget import resolve_budget
 from artifact.container import inspect as inspect_blob
 from artifact.pipeline import pack_checkpoint
 from artifact.runtime.errors import ArtifactError
 from artifact.submission import BLOB, CONFIG, ENTRY, MARKER, RUNTIME_PACKAGE, TTT_MODULE, is_submission
-from artifact.verify import VerifyError, verify
+from artifact.verify import DEFAULT_TIMEOUT_S, VerifyError, verify
 from train.bundled import BUNDLED_CHECKPOINT, BUNDLED_DATA
 
 
 # ----------------------------------------------------------------------------- pack
 def add_pack_arguments(p) -> None:
-    p.add_argument("checkpoint", nargs="?", default=None,
+    p.add_argument("checkpoint", nargs="?", default=None, metavar="CKPT",
                    help="checkpoint folder, .pt or .safetensors file (default: the bundled checkpoint)")
-    p.add_argument("--recipe", required=True, help="recipe name (see artifact/recipes) or a recipe .toml path")
-    p.add_argument("--out", required=True, help="submission folder to write (replaced only if a previous submission)")
-    p.add_argument("--data", default=None, help="data root for calibration tokens (default: bundled data)")
-    p.add_argument("--budget", default=None, help="budget name in budgets.toml or a byte count (default: demo for "
-                                                    "the bundled checkpoint, else track_10min_16mb)")
-    p.add_argument("--seq-len", type=int, default=None,
+    p.add_argument("--recipe", required=True, metavar="NAME|PATH",
+                   help="recipe name (see artifact/recipes) or a recipe .toml path (required)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="submission folder to write, replaced only if a previous submission (required)")
+    p.add_argument("--data", default=None, metavar="DIR", help="data root for calibration tokens (default: the bundled data)")
+    p.add_argument("--budget", default=None, metavar="NAME|BYTES",
+                   help="budget name in budgets.toml or a byte count (default: demo for the bundled checkpoint, "
+                        "else track_10min_16mb)")
+    p.add_argument("--seq-len", type=int, default=None, metavar="L",
                    help="eval seq_len recorded in config.json (default: the checkpoint's training seq_len)")
     add_code_form_flags(p)
     add_ttt_flags(p)  # the very flags of `golf eval --ttt`: a packed submission scores what that scores
@@ -75,7 +78,8 @@ def _tensor_table(rows) -> list[str]:
     lines = [f"{'tensor':<{width}}  {'scheme':<22} {'params':>10} {'bytes':>10} {'bits/w':>7}  codec"]
     for r in rows:
         lines.append(f"{r['name']:<{width}}  {r['scheme']:<22} {r['params']:>10,} {r['bytes']:>10,} "
-                     f"{r['bits_per_weight']:>7.3f}  {r['codec']}{' (shared stream)' if r['shared'] else ''}")
+                     f"{r['bits_per_weight']:>7.3f}  {r['codec']} stream #{r['stream']}"
+                     f"{' (shared: an attributed share)' if r['shared'] else ''}")
     return lines
 
 
@@ -114,7 +118,7 @@ def _ttt_setting_line(t: dict) -> str:
 
 # ----------------------------------------------------------------------------- inspect
 def add_inspect_arguments(p) -> None:
-    p.add_argument("blob", help="model.blob file or a submission folder")
+    p.add_argument("blob", metavar="BLOB", help="model.blob file or a submission folder (required)")
     add_json_flag(p)
 
 
@@ -136,23 +140,26 @@ def _inspect_text(r: dict) -> str:
     lines += [f"  #{s['index']:<3} {s['codec']:<24} raw {s['raw_bytes']:>11,}  stored {s['bytes']:>10,}"
               for s in r["streams"]]
     lines.append(f"total: {t['tensors']} tensors, {t['params']:,} params, {t['blob_bytes']:,} bytes "
-                 f"({t['stream_bytes']:,} in streams + {t['overhead_bytes']:,} header/manifest/checksum), "
+                 f"({t['tensor_bytes']:,} attributed to tensors + {t['overhead_bytes']:,} header/manifest/checksum), "
                  f"{t['bits_per_weight']:.3f} bits/weight  [{r['path']}]")
     return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- verify
 def add_verify_arguments(p) -> None:
-    p.add_argument("dir", help="submission folder")
-    p.add_argument("--budget", default=None,
+    p.add_argument("dir", metavar="DIR", help="submission folder (required)")
+    p.add_argument("--budget", default=None, metavar="NAME|BYTES",
                    help="budget name or byte count (default: the one recorded at pack time, else demo)")
-    p.add_argument("--data", default=None, help="data root or dataset folder with val shards (default: bundled data)")
-    p.add_argument("--seq-len", type=int, default=None, help="window length (default: the submission's config.json)")
-    p.add_argument("--stride", type=int, default=None, help="sliding-window stride (default: flat eval)")
-    p.add_argument("--max-tokens", type=int, default=None, help="score only the first N val tokens (quick look)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="auto = CUDA (bf16 autocast) when available, else CPU (float32)")
-    p.add_argument("--timeout", type=float, default=3600.0, help="seconds before the run is abandoned (default: 3600)")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="data root or dataset folder with val shards (default: the bundled data)")
+    p.add_argument("--seq-len", type=int, default=None, metavar="L",
+                   help="window length (default: the submission's config.json)")
+    p.add_argument("--stride", type=int, default=None, metavar="S", help="sliding-window stride (default: flat eval)")
+    p.add_argument("--max-tokens", type=int, default=None, metavar="N",
+                   help="score only the first N val tokens, a quick look (default: all)")
+    add_device_flag(p)
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                   help=f"seconds before the run is abandoned (default: {DEFAULT_TIMEOUT_S:.0f})")
     add_code_file_flag(p, packs=False)
     add_json_flag(p)
 
@@ -170,7 +177,7 @@ def run_verify(args) -> int:
     try:
         result = verify(folder, budget, args.data or BUNDLED_DATA, seq_len=args.seq_len, stride=args.stride,
                         max_tokens=args.max_tokens, device=args.device, timeout=args.timeout,
-                        code_files=args.code_file)
+                        code_files=args.code_file, progress=Meter("verify"))
     except VerifyError as e:
         emit({"verdict": "ERROR", "error": str(e), "line": f"ERROR {e}"}, args.json, lambda r: r["line"])
         return 2

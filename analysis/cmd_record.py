@@ -27,28 +27,28 @@ def add_arguments(p) -> None:
     p.add_argument("--extra-file", action="append", default=[], type=Path, metavar="FILE",
                    help="a file copied into the folder but not counted, e.g. requirements.txt (repeatable; "
                         "default: none)")
-    p.add_argument("--log", action="append", default=[], metavar="[SEED=]FILE",
-                   help="a seed's train log (repeatable); the seed comes from SEED=, the log's `seed:` line or "
+    p.add_argument("--log", action="append", default=[], metavar="SEED=FILE",
+                   help="a seed's train log, SEED= optional (repeatable); the seed comes from SEED=, the log's `seed:` line or "
                         "seedN in its name (default: none; then give every figure with --figure)")
-    p.add_argument("--blob", action="append", default=[], metavar="[SEED=]FILE",
-                   help="a seed's compressed model file: its artifact_bytes become code + this file's bytes, "
+    p.add_argument("--blob", action="append", default=[], metavar="SEED=FILE",
+                   help="a seed's compressed model file, SEED= optional: its artifact_bytes become code + this file's bytes, "
                         "counted by golf (repeatable; SEED= needed with several seeds; default: the model size its "
                         "log implies, its total minus the code size it states)")
     p.add_argument("--figure", action="append", default=[], metavar="SEED.KEY=VALUE",
                    help=f"a figure the log lacks or gets wrong, KEY one of {', '.join(FIGURES)} (repeatable; "
                         "default: read from the logs)")
-    p.add_argument("--author", required=True, help="your name (required)")
+    p.add_argument("--author", required=True, metavar="NAME", help="your name (required)")
     p.add_argument("--github-id", required=True, metavar="ID", help="your GitHub user name (required)")
-    p.add_argument("--name", required=True, help="the submission's title (required)")
-    p.add_argument("--blurb", default="", help="one paragraph for submission.json (default: empty, a TODO in the "
+    p.add_argument("--name", required=True, metavar="TITLE", help="the submission's title (required)")
+    p.add_argument("--blurb", default="", metavar="TEXT", help="one paragraph for submission.json (default: empty, a TODO in the "
                                                 "README)")
     p.add_argument("--date", default=None, metavar="YYYY-MM-DD", help="the submission date (default: today)")
-    p.add_argument("--track", default=TRACK, help=f"the track (default: {TRACK})")
+    p.add_argument("--track", default=TRACK, metavar="NAME", help=f"the track (default: {TRACK})")
     p.add_argument("--sota-val-loss", type=float, default=None, metavar="NATS",
                    help="the current record's val_loss: test beating it by --margin (default: no test)")
     p.add_argument("--margin", type=float, default=SOTA_MARGIN, metavar="NATS",
                    help=f"how much a record must beat the current one by (default: {SOTA_MARGIN})")
-    p.add_argument("--budget", default="track_10min_16mb",
+    p.add_argument("--budget", default="track_10min_16mb", metavar="NAME|BYTES",
                    help="budget name in budgets.toml or a byte count (default: track_10min_16mb)")
     add_json_flag(p)
 

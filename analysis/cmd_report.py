@@ -4,30 +4,31 @@ analysis.ranking, analysis.report)."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from analysis.cliutil import (Meter, add_code_file_flag, add_code_form_flags, add_json_flag, add_model_flags, emit,
-                              model_spec, say)
+                              model_spec, records, say)
 from analysis.cmd_fit import DEFAULT_CACHE
 from analysis.compare import DEFAULT_RECIPES, compare_recipes
 from analysis.ranking import DEFAULT_CONFIGS, DEFAULT_TOKENS, ranking_check
-from analysis.report import default_out, load_fit_tables, write_report
+from analysis.report import default_out, load_fit_tables, verdict_line, write_report
 from artifact.runtime.files import atomic_write
 from train.bundled import BUNDLED_CHECKPOINT, BUNDLED_DATA
 
 
 # ----------------------------------------------------------------------------- compare
 def add_compare_arguments(p) -> None:
-    p.add_argument("checkpoint", nargs="?", default=None, help="checkpoint (default: the bundled one)")
-    p.add_argument("--recipes", default=",".join(DEFAULT_RECIPES),
+    p.add_argument("checkpoint", nargs="?", default=None, metavar="CKPT",
+                   help="checkpoint folder or file (default: the bundled checkpoint)")
+    p.add_argument("--recipes", default=",".join(DEFAULT_RECIPES), metavar="NAMES",
                    help="comma-separated recipe names or .toml paths (default: every bundled recipe)")
-    p.add_argument("--data", default=None, help="data folder (default: the bundled data)")
-    p.add_argument("--budget", default=None, help="budget name or bytes: adds fits/headroom columns (default: none)")
+    p.add_argument("--data", default=None, metavar="DIR", help="data folder (default: the bundled data)")
+    p.add_argument("--budget", default=None, metavar="NAME|BYTES",
+                   help="budget name or bytes: adds fits/headroom columns (default: none)")
     p.add_argument("--max-tokens", type=int, default=None, metavar="N",
                    help="score only a prefix of the val tokens (default: all)")
     add_code_form_flags(p)
-    p.add_argument("--csv", type=Path, default=None, help="also write the table as CSV")
+    p.add_argument("--csv", type=Path, default=None, metavar="FILE", help="also write the table as CSV (default: no)")
     add_model_flags(p)
     add_code_file_flag(p)
     add_json_flag(p)
@@ -40,20 +41,22 @@ def run_compare(args) -> int:
                             code_files=args.code_file)
     if args.csv:
         atomic_write(args.csv, table.to_csv(index=False))
-    emit({"rows": table.to_dict(orient="records")}, args.json, lambda _: table.to_string(index=False))
+    emit({"rows": records(table)}, args.json, lambda _: table.to_string(index=False))
     return 0
 
 
 # ----------------------------------------------------------------------------- rank-check
 def add_rank_check_arguments(p) -> None:
-    p.add_argument("checkpoint", nargs="?", default=None, help="checkpoint (default: the bundled one)")
-    p.add_argument("--data", default=None, help="data root for calibration and val (default: bundled data)")
+    p.add_argument("checkpoint", nargs="?", default=None, metavar="CKPT",
+                   help="checkpoint folder or file (default: the bundled checkpoint)")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="data root for calibration and val (default: the bundled data)")
     p.add_argument("-n", "--configs", type=int, default=DEFAULT_CONFIGS, metavar="N",
                    help=f"random configurations to score (default: {DEFAULT_CONFIGS})")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the random configurations (default: 0)")
     p.add_argument("--max-tokens", type=int, default=DEFAULT_TOKENS, metavar="N",
                    help=f"val prefix scored, 0 = all (default: {DEFAULT_TOKENS})")
-    p.add_argument("--cache", default=DEFAULT_CACHE, help=f"measurement cache folder (default: {DEFAULT_CACHE})")
+    p.add_argument("--cache", default=DEFAULT_CACHE, metavar="DIR", help=f"measurement cache folder (default: {DEFAULT_CACHE})")
     p.add_argument("--around", type=int, default=None, metavar="BYTES",
                    help="draw configurations near the solver's choice for BYTES of quantized tensors "
                         "(default: uniformly over every candidate)")
@@ -84,8 +87,9 @@ def _rank_text(r: dict) -> str:
 
 # ----------------------------------------------------------------------------- report
 def add_report_arguments(p) -> None:
-    p.add_argument("folder", help="fit folder or submission folder")
-    p.add_argument("--out", default=None, help="report folder (default: the fit folder; DIR-report for a submission)")
+    p.add_argument("folder", metavar="DIR", help="fit folder or submission folder (required)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="report folder (default: the fit folder; DIR-report for a submission)")
     add_json_flag(p)
 
 
@@ -93,17 +97,16 @@ def run_report(args) -> int:
     tables = load_fit_tables(args.folder)
     out = Path(args.out) if args.out else default_out(args.folder)
     paths = write_report(out, tables, title=f"Fit report: {Path(args.folder).resolve().name}")
-    summary = dict(zip(tables["summary"]["figure"], tables["summary"]["value"]))
     result = {"folder": str(args.folder), "out": str(out), "files": {k: str(v) for k, v in paths.items()},
-              "tensors": len(tables["tensors"]), "tables": sorted(tables),
-              "summary": {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summary.items()},
-              "breakdown": tables["breakdown"].to_dict(orient="records")}
+              "verdict": verdict_line(tables), "tensors": len(tables["tensors"]), "tables": sorted(tables),
+              "headline": {r["figure"]: r["value"] for r in records(tables["headline"])},
+              "breakdown": records(tables["breakdown"])}
     emit(result, args.json, _report_text)
     return 0
 
 
 def _report_text(r: dict) -> str:
-    lines = [f"report of {r['folder']}: {r['tensors']} tensors; tables {', '.join(r['tables'])}"]
+    lines = [f"report of {r['folder']}: {r['tensors']} tensors; tables {', '.join(r['tables'])}", r["verdict"]]
     lines += [f"  {b['part']:<20} {b['bytes']:>12,} B" for b in r["breakdown"]]
     lines += [f"wrote {path}" for key, path in r["files"].items() if key in ("csv", "md", "html")]
     return "\n".join(lines)

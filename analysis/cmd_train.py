@@ -13,17 +13,20 @@ from train.presets import list_presets
 
 
 def add_train_arguments(p) -> None:
-    p.add_argument("--preset", default=DEFAULT_PRESET, help=f"preset name or .toml path (default: {DEFAULT_PRESET})")
-    p.add_argument("--data", default=None, help="data root or dataset folder (default: the bundled data)")
-    p.add_argument("--out", default=None, help="output folder for model.pt, config.json and train_log.txt")
-    p.add_argument("--max-steps", type=int, default=None, metavar="N", help="override the preset's iterations")
+    p.add_argument("--preset", default=DEFAULT_PRESET, metavar="NAME|PATH",
+                   help=f"preset name or .toml path (default: {DEFAULT_PRESET})")
+    p.add_argument("--data", default=None, metavar="DIR", help="data root or dataset folder (default: the bundled data)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="output folder for model.pt, config.json and train_log.txt (required unless --list-presets; no default)")
+    p.add_argument("--max-steps", type=int, default=None, metavar="N",
+                   help="training steps (default: the preset's iterations)")
     p.add_argument("--max-seconds", type=float, default=None, metavar="S",
                    help="wall-clock cap in seconds, 0 = none (default: the preset's)")
     p.add_argument("--seed", type=int, default=None, metavar="N", help="random seed (default: the preset's)")
-    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default=None,
-                   help="where to train; auto = CUDA when available (default: the preset's, usually auto)")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default=None, metavar="DEVICE",
+                   help="where to train: cpu, cuda, or auto = CUDA when available (default: the preset's, usually auto)")
     add_set_flag(p, "any [train] key")
-    p.add_argument("--list-presets", action="store_true", help="print the preset names and exit")
+    p.add_argument("--list-presets", action="store_true", help="print the preset names and exit (default: off)")
     add_json_flag(p)
 
 
@@ -60,13 +63,15 @@ def _summary(f: dict) -> str:
 
 # ----------------------------------------------------------------------------- bench-train
 def add_bench_arguments(p) -> None:
-    p.add_argument("--presets", default="baseline", help="comma-separated preset names or .toml paths (default: baseline)")
+    p.add_argument("--presets", default="baseline", metavar="NAMES",
+                   help="comma-separated preset names or .toml paths (default: baseline)")
     p.add_argument("--steps", type=int, default=20, metavar="N", help="timed optimiser steps per preset (default: 20)")
     p.add_argument("--warmup", type=int, default=3, metavar="N", help="untimed steps first, for torch.compile (default: 3)")
     p.add_argument("--start-step", type=int, default=0, metavar="N",
                    help="number the steps from here, to time late switches: QAT, recurrence (default: 0)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run (default: auto)")
-    p.add_argument("--data", default=None, help="dataset to read (default: synthetic tokens)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", metavar="DEVICE",
+                   help="where to run: auto (CUDA when available), cpu or cuda (default: auto)")
+    p.add_argument("--data", default=None, metavar="DIR", help="dataset to read (default: synthetic tokens)")
     p.add_argument("--cpu-seq-len", type=int, default=128, metavar="L", help="CPU only: cap on seq_len (default: 128)")
     p.add_argument("--cpu-batch-seqs", type=int, default=4, metavar="N", help="CPU only: sequences per step (default: 4)")
     add_set_flag(p, "a [train] key for every preset")

@@ -10,8 +10,11 @@ from pathlib import Path
 from artifact.measure import Choice
 from artifact.runtime.files import atomic_writer
 
+# tensors.csv: bytes are what the tensor takes in the shipped blob (exact attribution,
+# `artifact.container.inspect`) when there is a blob, else the measured prediction; predicted Δloss
+# (nats) is the loss model's figure, distortion its input (trace(ΔW H ΔWᵀ), calibration-weighted)
 CSV_COLUMNS = ("name", "layer", "kind", "params", "bits", "clip", "gptq", "lqer_rank", "prune", "codec", "bytes",
-               "bits_per_weight", "share_of_budget", "distortion", "predicted_dloss")
+               "predicted_bytes", "bits_per_weight", "share_of_budget", "predicted_dloss", "distortion")
 CANDIDATE_COLUMNS = ("name", "kind", "label", "bytes", "distortion", "predicted_dloss", "chosen")
 
 
@@ -46,17 +49,18 @@ def write_csv(path: Path, columns, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
-def tensor_rows(measurement, choices: dict[str, str], budget_bytes: int) -> list[dict]:
-    """The per-tensor table (CSV_COLUMNS) of a fit's choice."""
+def tensor_rows(measurement, choices: dict[str, str], budget_bytes: int, shipped: dict | None = None) -> list[dict]:
+    """The per-tensor table (CSV_COLUMNS) of a fit's choice; `shipped` ({name: bytes} in the
+    written blob) gives the bytes column, else it holds the measured prediction."""
     rows = []
     for name, label in choices.items():
         t, c = measurement.tensors[name], Choice.parse(label)
         fig = t.candidates[label]
         layer, kind = layer_and_kind(name)
-        layer = "" if layer is None else layer
+        nbytes = shipped[name] if shipped is not None else fig["bytes"]
         rows.append({"name": name, "layer": layer, "kind": kind,
                      "params": t.params, "bits": c.bits, "clip": c.clip, "gptq": c.gptq, "lqer_rank": c.lqer_rank,
-                     "prune": c.prune, "codec": c.codec, "bytes": fig["bytes"],
-                     "bits_per_weight": fig["bytes"] * 8 / t.params, "share_of_budget": fig["bytes"] / budget_bytes,
-                     "distortion": fig["distortion"], "predicted_dloss": t.predicted_dloss(label)})
+                     "prune": c.prune, "codec": c.codec, "bytes": nbytes, "predicted_bytes": fig["bytes"],
+                     "bits_per_weight": nbytes * 8 / t.params, "share_of_budget": nbytes / budget_bytes,
+                     "predicted_dloss": t.predicted_dloss(label), "distortion": fig["distortion"]})
     return rows

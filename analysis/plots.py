@@ -1,10 +1,12 @@
-"""Plots for a fit report, as PNG bytes: rate–distortion per tensor kind, bits and bytes per
-layer, a layer × matrix error heat map, and where the artifact's bytes go.
+"""Plots for a fit report, as matplotlib Figures: rate–distortion per tensor kind, bits and
+bytes per layer, a layer × matrix heat map of predicted Δloss, and where the artifact's bytes go.
 
-Every function takes the report's DataFrames (see `analysis.report`) and returns PNG bytes.
-Output is deterministic: the Agg canvas, matplotlib's default style (never the user's rc),
-a fixed size and DPI, and no metadata (no software version, no timestamp) in the PNG, so the
-same tables give identical bytes.
+Every function takes the report's DataFrames (see `analysis.report`) and returns a
+`matplotlib.figure.Figure` (a notebook shows it inline); `png_bytes` renders one as PNG, which is
+what the report writer does. Nothing here selects a matplotlib backend or touches pyplot: the
+figures carry their own Agg canvas. Output is deterministic: matplotlib's default style (never
+the user's rc), a fixed size and DPI, and no metadata (no software version, no timestamp) in
+the PNG, so the same tables give identical bytes.
 """
 
 from __future__ import annotations
@@ -13,15 +15,19 @@ import io
 import math
 
 import matplotlib
-
-matplotlib.use("Agg")  # no display; must precede any pyplot import elsewhere in the process
-
+import matplotlib.ticker
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 DPI = 100
+PLOT_TITLES = {
+    "byte_breakdown": "Byte breakdown",
+    "dloss_heatmap": "Predicted Δloss per layer and matrix",
+    "rate_distortion": "Rate–distortion per tensor kind",
+    "layers": "Bytes and bits per layer",
+}
 CHOSEN_STYLE = {"marker": "*", "s": 140, "color": "#d62728", "edgecolor": "black", "linewidths": 0.6, "zorder": 5}
 
 
@@ -31,17 +37,26 @@ def _figure(width: float, height: float) -> Figure:
     return fig
 
 
-def _png(fig: Figure) -> bytes:
-    """The figure as PNG bytes with no metadata (deterministic)."""
+def _defaults() -> dict:
+    """matplotlib's default style, less the backend: entering an rc_context with the default
+    `backend` resolves it (to Agg here) and the choice outlives the context, which would take
+    inline plots away from a notebook."""
+    return {k: v for k, v in matplotlib.rcParamsDefault.items() if k != "backend"}
+
+
+def png_bytes(fig: Figure) -> bytes:
+    """The figure as PNG bytes with no metadata (deterministic), drawn under matplotlib's
+    defaults whatever the user's matplotlibrc says."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+    with matplotlib.rc_context(rc=_defaults()):
+        fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
     return buf.getvalue()
 
 
 def _styled(fn):
     """Run a plot function under matplotlib's defaults, whatever the user's matplotlibrc says."""
     def wrapper(*args, **kwargs):
-        with matplotlib.rc_context(rc=matplotlib.rcParamsDefault):
+        with matplotlib.rc_context(rc=_defaults()):
             matplotlib.rcParams["svg.hashsalt"] = "golf"
             return fn(*args, **kwargs)
     wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
@@ -55,15 +70,15 @@ def _numeric(series: pd.Series) -> pd.Series:
 def _loss_column(frame: pd.DataFrame) -> tuple[str, str]:
     """(column, axis label) of the loss measure to plot: predicted Δloss when known, else distortion."""
     if "predicted_dloss" in frame and _numeric(frame["predicted_dloss"]).notna().any():
-        return "predicted_dloss", "predicted Δloss"
-    return "distortion", "distortion (weighted error)"
+        return "predicted_dloss", "predicted Δloss (nats)"
+    return "distortion", "distortion tr(ΔW·H·ΔWᵀ)"
 
 
-def _empty(fig: Figure, text: str) -> bytes:
+def _empty(fig: Figure, text: str) -> Figure:
     ax = fig.add_subplot(1, 1, 1)
     ax.axis("off")
     ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=11, color="#555555")
-    return _png(fig)
+    return fig
 
 
 def _positive_log(ax, values: pd.Series, axis: str = "y") -> None:
@@ -76,7 +91,7 @@ def _positive_log(ax, values: pd.Series, axis: str = "y") -> None:
 # --------------------------------------------------------------------------- rate–distortion
 
 @_styled
-def rate_distortion_png(tensors: pd.DataFrame, candidates: pd.DataFrame | None = None) -> bytes:
+def rate_distortion_figure(tensors: pd.DataFrame, candidates: pd.DataFrame | None = None) -> Figure:
     """One panel per tensor kind: each tensor's candidates as bytes vs predicted Δloss (or
     distortion), joined along rising bytes, the chosen configuration starred. Without a
     candidates table only the chosen points are drawn."""
@@ -109,7 +124,8 @@ def rate_distortion_png(tensors: pd.DataFrame, candidates: pd.DataFrame | None =
         if len(chosen):
             ax.scatter(_numeric(chosen["bytes"]), _numeric(chosen[column]), **CHOSEN_STYLE)
         _positive_log(ax, _numeric(part[column]))
-        ax.set_title(f"{kind} ({part['name'].nunique()} tensors)", fontsize=10)
+        n = part["name"].nunique()
+        ax.set_title(f"{kind} ({n} tensor{'s' if n != 1 else ''})", fontsize=10)
         ax.set_xlabel("bytes", fontsize=9)
         ax.set_ylabel(label, fontsize=9)
         ax.tick_params(labelsize=8)
@@ -119,13 +135,20 @@ def rate_distortion_png(tensors: pd.DataFrame, candidates: pd.DataFrame | None =
         title += " — chosen configurations only (no candidates.csv)"
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    return _png(fig)
+    return fig
 
 
 def _quantized_kinds(t: pd.DataFrame) -> list[str]:
-    """Kinds with at least one tensor below 16 bits (control tensors are not a trade-off)."""
-    bits = _numeric(t["bits"]) if "bits" in t else pd.Series(np.nan, index=t.index)
-    return sorted(t.loc[bits.isna() | (bits < 16), "kind"].dropna().unique().tolist())
+    """Kinds with at least one quantized tensor (below 16 bits, or an int scheme): passthrough
+    control tensors are a fixed cost, not a trade-off."""
+    quantized = pd.Series(False, index=t.index)
+    if "bits" in t:
+        quantized |= _numeric(t["bits"]) < 16
+    if "scheme" in t:
+        quantized |= t["scheme"].astype(str).str.startswith("int")
+    if "bits" not in t and "scheme" not in t:
+        quantized[:] = True
+    return sorted(t.loc[quantized, "kind"].dropna().unique().tolist())
 
 
 # --------------------------------------------------------------------------- per layer
@@ -140,7 +163,7 @@ def _layer_order(labels) -> list[str]:
 
 
 @_styled
-def layer_bits_bytes_png(tensors: pd.DataFrame) -> bytes:
+def layer_bits_bytes_figure(tensors: pd.DataFrame) -> Figure:
     """Bytes per layer stacked by tensor kind (top) and parameter-weighted bits per weight per
     layer (bottom); tensors outside the blocks (embedding, skip weights) are the 'other' bar."""
     t = tensors.assign(_layer=tensors["layer"].map(_layer_label), _bytes=_numeric(tensors["bytes"]),
@@ -163,6 +186,7 @@ def layer_bits_bytes_png(tensors: pd.DataFrame) -> bytes:
         ax.text(xi, total, f"{total / 1000:.1f}k", ha="center", va="bottom", fontsize=7)
     ax.set_xticks(x, order, fontsize=8)
     ax.set_ylabel("bytes", fontsize=9)
+    ax.yaxis.set_major_formatter(matplotlib.ticker.StrMethodFormatter("{x:,.0f}"))
     ax.set_title("Bytes per layer by tensor kind", fontsize=10)
     ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(True, axis="y", alpha=0.3)
@@ -180,18 +204,22 @@ def layer_bits_bytes_png(tensors: pd.DataFrame) -> bytes:
     ax2.set_title("Bits per weight per layer (all parts: codes, scales, LQER factors)", fontsize=10)
     ax2.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
-    return _png(fig)
+    return fig
 
 
 # --------------------------------------------------------------------------- heat map
 
 @_styled
-def error_heatmap_png(tensors: pd.DataFrame) -> bytes:
-    """Layer × matrix kind heat map of distortion (log colour), each cell annotated."""
-    t = tensors.assign(_d=_numeric(tensors["distortion"]))
+def dloss_heatmap_figure(tensors: pd.DataFrame) -> Figure:
+    """Layer × matrix kind heat map of predicted Δloss in nats (log colour), each cell annotated:
+    the loss model's cost of each tensor's choice, comparable across tensors. Without predicted
+    Δloss (a packed submission) the distortion tr(ΔW·H·ΔWᵀ) is mapped instead, and the title says
+    so: it is not comparable across tensors of different sensitivity."""
+    column, label = _loss_column(tensors) if "predicted_dloss" in tensors or "distortion" in tensors else (None, "")
+    t = tensors.assign(_d=_numeric(tensors[column])) if column else tensors.iloc[0:0].assign(_d=[])
     t = t[t["layer"].notna() & t["_d"].notna() & t["kind"].isin(_quantized_kinds(tensors))]
     if not len(t):
-        return _empty(_figure(7, 3), "no per-layer distortion to map")
+        return _empty(_figure(7, 3), "no per-layer Δloss to map")
     grid = t.pivot_table(index="kind", columns="layer", values="_d", aggfunc="sum")
     grid = grid.reindex(sorted(grid.index), axis=0).reindex(sorted(grid.columns), axis=1)
     values = grid.to_numpy(dtype=float)
@@ -206,20 +234,22 @@ def error_heatmap_png(tensors: pd.DataFrame) -> bytes:
     for (r, c), v in np.ndenumerate(values):
         if np.isfinite(v):  # dark text on the bright end of viridis, white elsewhere
             bright = image.norm(v) > 0.6 if v > 0 or norm is None else False
-            ax.text(c, r, f"{v:.3g}", ha="center", va="center", fontsize=7, color="black" if bright else "white")
+            ax.text(c, r, f"{v:.2g}", ha="center", va="center", fontsize=7, color="black" if bright else "white")
     ax.set_xticks(range(values.shape[1]), [str(int(c)) for c in grid.columns], fontsize=8)
     ax.set_yticks(range(values.shape[0]), list(grid.index), fontsize=8)
     ax.set_xlabel("layer", fontsize=9)
-    ax.set_title("Distortion per layer and matrix (weighted error; darker = smaller)", fontsize=10)
-    fig.colorbar(image, ax=ax, fraction=0.04)
+    what = ("Predicted Δloss per layer and matrix (nats; darker = cheaper)" if column == "predicted_dloss" else
+            "Distortion tr(ΔW·H·ΔWᵀ) per layer and matrix (no Δloss known; not comparable across tensors)")
+    ax.set_title(what, fontsize=10)
+    fig.colorbar(image, ax=ax, fraction=0.04).set_label(label, fontsize=8)
     fig.tight_layout()
-    return _png(fig)
+    return fig
 
 
 # --------------------------------------------------------------------------- byte breakdown
 
 @_styled
-def byte_breakdown_png(breakdown: pd.DataFrame, budget: int | None = None) -> bytes:
+def byte_breakdown_figure(breakdown: pd.DataFrame, budget: int | None = None) -> Figure:
     """Horizontal bars: bytes per part of the shipped artifact (weights codes, scales, LQER
     factors, container, code), with each part's share of the total and the budget's headroom."""
     b = breakdown.assign(_bytes=_numeric(breakdown["bytes"]))
@@ -244,19 +274,20 @@ def byte_breakdown_png(breakdown: pd.DataFrame, budget: int | None = None) -> by
     ax.set_yticks(y, labels, fontsize=9)
     ax.set_xlim(0, max(values) * 1.35 if len(values) else 1)
     ax.set_xlabel("bytes", fontsize=9)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.StrMethodFormatter("{x:,.0f}"))
     what = f"of the {budget:,}-byte budget" if budget else "of the total"
     ax.set_title(f"Where the {int(total):,} bytes go (share {what})", fontsize=10)
     ax.grid(True, axis="x", alpha=0.3)
     fig.tight_layout()
-    return _png(fig)
+    return fig
 
 
-def all_plots(tables: dict[str, pd.DataFrame], budget: int | None = None) -> dict[str, bytes]:
-    """Every report plot by file stem → PNG bytes."""
+def all_plots(tables: dict[str, pd.DataFrame], budget: int | None = None) -> dict[str, Figure]:
+    """Every report plot by file stem (PLOT_TITLES) → Figure."""
     tensors = tables["tensors"]
     return {
-        "rate_distortion": rate_distortion_png(tensors, tables.get("candidates")),
-        "layers": layer_bits_bytes_png(tensors),
-        "error_heatmap": error_heatmap_png(tensors),
-        "byte_breakdown": byte_breakdown_png(tables["breakdown"], budget),
+        "byte_breakdown": byte_breakdown_figure(tables["breakdown"], budget),
+        "dloss_heatmap": dloss_heatmap_figure(tensors),
+        "rate_distortion": rate_distortion_figure(tensors, tables.get("candidates")),
+        "layers": layer_bits_bytes_figure(tensors),
     }

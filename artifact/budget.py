@@ -67,6 +67,22 @@ class ByteCount:
     def headroom(self) -> int:
         return self.budget.bytes - self.total
 
+    def add(self, rel: str, size: int) -> None:
+        """Count one shipped file (its path relative to the submission folder) by the budget's rules."""
+        if matches(rel, self.budget.not_counted):
+            role = "not counted"
+        elif matches(rel, self.budget.model_files):
+            role, self.model_bytes = "model", self.model_bytes + size
+        else:
+            role, self.code_bytes = "code", self.code_bytes + size
+        self.files.append((rel, size, role))
+
+    def to_frame(self):
+        """The counted files as a pandas DataFrame (path, bytes, role), for a notebook."""
+        import pandas as pd  # only a notebook user pays for pandas here
+
+        return pd.DataFrame(self.files, columns=["path", "bytes", "role"])
+
     def to_dict(self) -> dict:
         return {
             "budget": self.budget.name, "limit": self.budget.bytes, "code_bytes": self.code_bytes,
@@ -159,13 +175,14 @@ def _count_folder(folder: Path, budget: Budget) -> ByteCount:
             raise GolfError(f"{path}: symbolic links are not allowed in a submission (ship the file)")
         if not path.is_file():
             continue
-        size = path.stat().st_size
-        if matches(rel, budget.not_counted):
-            count.files.append((rel, size, "not counted"))
-        elif matches(rel, budget.model_files):
-            count.files.append((rel, size, "model"))
-            count.model_bytes += size
-        else:
-            count.files.append((rel, size, "code"))
-            count.code_bytes += size
+        count.add(rel, path.stat().st_size)
+    return count
+
+
+def count_files(files: dict[str, bytes], budget: Budget) -> ByteCount:
+    """Count planned files ({relative path: bytes}, as `submission.plan_files` makes them)
+    exactly as `count_submission` counts them once written."""
+    count = ByteCount(budget=budget)
+    for rel in sorted(files):
+        count.add(rel, len(files[rel]))
     return count

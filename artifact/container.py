@@ -247,42 +247,70 @@ def _scheme(t):
     return base + (f" +LQER r{t[LQER][0][SHAPE][1]}" if LQER in t else "")
 
 
-def inspect(blob_or_path) -> dict:
+def apportion(total: int, weights: list[int]) -> list[int]:
+    """`total` split over `weights` in proportion, as integers that sum exactly to `total`
+    (largest-remainder rounding, ties to the earlier part; all-zero weights split equally)."""
+    if not weights:
+        return []
+    weights = weights if any(weights) else [1] * len(weights)
+    whole = sum(weights)
+    shares = [total * w // whole for w in weights]
+    remainders = [total * w % whole for w in weights]
+    for i in sorted(range(len(weights)), key=lambda i: (-remainders[i], i))[:total - sum(shares)]:
+        shares[i] += 1
+    return shares
+
+
+def inspect(blob_or_path) -> "BlobReport":
     """Per-tensor rows and totals from the manifest alone (no stream is decoded).
 
-    Bytes of a part sharing a stream with others are attributed in proportion to its raw
-    bytes (`shared` marks rows with any such part)."""
+    A stream's stored bytes are attributed to the parts read from it in proportion to their raw
+    bytes, rounded by largest remainder, so every byte is attributed exactly once: the tensors'
+    `bytes` sum to `totals["stream_bytes"]`, and with `overhead_bytes` (header, manifest,
+    checksum) to the blob. `stream` is the stream of a tensor's codes (or passthrough values);
+    `shared` says that stream also holds other tensors' parts, so its bytes are an attributed
+    share, not a stream of its own (scales and LQER factors always share streams)."""
     blob, _ = _load(blob_or_path)
     m, data_at = read_manifest_checked(blob)
     S = m[STREAMS]
-    rows = []
-    for t in m[TENSORS]:
-        parts = tensor_parts(t, S)
+    rows, got = [], []  # got[i]: tensor i's attributed bytes per part kind
+    owners = [[] for _ in S]  # owners[s]: [(tensor index, part kind, raw bytes)] in read order
+    for i, t in enumerate(m[TENSORS]):
         q = t.get(QUANT, {})
         kinds = ([CODES] if PASSTHROUGH in t else [CODES] + ([ROW_ORDER] if ROW_ORDER in q else []) + [SCALES]) + [
             k for f in t.get(LQER, []) for k in [LQER] * (2 + (ROW_ORDER in f))
         ]
-        got = {CODES: 0.0, SCALES: 0.0, ROW_ORDER: 0.0, LQER: 0.0}
-        shared = False
+        parts = tensor_parts(t, S)
         for kind, (s, dt, shape) in zip(kinds, parts):
-            raw = math.prod(shape) * int(PART_TYPES[dt][-1])
-            got[kind] += S[s][2] * raw / S[s][1] if S[s][1] else 0.0
-            shared |= raw != S[s][1]
-        n = math.prod(t[SHAPE])
-        total = sum(got.values())
-        codec_name = S[parts[0][0]][0]
-        rows.append(
-            {"name": t[NAME], "shape": t[SHAPE], "dtype": t[DTYPE], "scheme": _scheme(t), "bits": t.get(BITS),
-             "codec": ("transpose+" if q.get(TRANSPOSED) else "") + codec_name, "params": n,
-             "codes_bytes": round(got[CODES]), "scales_bytes": round(got[SCALES] + got[ROW_ORDER]),
-             "lqer_bytes": round(got[LQER]), "bytes": round(total),
-             "bits_per_weight": total * 8 / n if n else 0.0, "shared": shared}
-        )
+            owners[s].append((i, kind, math.prod(shape) * int(PART_TYPES[dt][-1])))
+        got.append({CODES: 0, SCALES: 0, ROW_ORDER: 0, LQER: 0})
+        rows.append({"name": t[NAME], "shape": t[SHAPE], "dtype": t[DTYPE], "scheme": _scheme(t), "bits": t.get(BITS),
+                     "codec": ("transpose+" if q.get(TRANSPOSED) else "") + S[parts[0][0]][0], "stream": parts[0][0],
+                     "params": math.prod(t[SHAPE])})
+    for s, parts in enumerate(owners):
+        for (i, kind, _), share in zip(parts, apportion(S[s][2], [raw for _, _, raw in parts])):
+            got[i][kind] += share
+    for r, g in zip(rows, got):
+        r.update(codes_bytes=g[CODES], scales_bytes=g[SCALES] + g[ROW_ORDER], lqer_bytes=g[LQER],
+                 bytes=sum(g.values()), shared=len({i for i, _, _ in owners[r["stream"]]}) > 1)
+        r["bits_per_weight"] = r["bytes"] * 8 / r["params"] if r["params"] else 0.0
     stream_bytes = sum(s[2] for s in S)
+    attributed = sum(r["bytes"] for r in rows)
     totals = {
         "tensors": len(rows), "params": sum(r["params"] for r in rows), "stream_bytes": stream_bytes,
-        "overhead_bytes": len(blob) - stream_bytes, "blob_bytes": len(blob),
+        "tensor_bytes": attributed, "overhead_bytes": len(blob) - attributed, "blob_bytes": len(blob),
         "bits_per_weight": len(blob) * 8 / max(1, sum(r["params"] for r in rows)),
     }
     streams = [{"index": i, "codec": c, "raw_bytes": r, "bytes": b} for i, (c, r, b) in enumerate(S)]
-    return {"tensors": rows, "streams": streams, "totals": totals}
+    return BlobReport(tensors=rows, streams=streams, totals=totals)
+
+
+class BlobReport(dict):
+    """What `inspect` reads from a blob: a plain dict {"tensors": [row, ...], "streams": [...],
+    "totals": {...}} (JSON-ready), plus `to_frame()` for a notebook."""
+
+    def to_frame(self, table: str = "tensors"):
+        """One of the report's tables ("tensors" or "streams") as a pandas DataFrame."""
+        import pandas as pd  # only a notebook user pays for pandas here
+
+        return pd.DataFrame(self[table])

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from artifact.budget import Budget, matches
+from artifact.budget import Budget, count_files
 from artifact.container import build_blob
 from artifact.runtime.errors import ArtifactError, ConfigError
 from artifact.runtime.files import atomic_write_json, read_json_or_none
@@ -30,7 +30,7 @@ from artifact.measure import Choice, Measurement, cache_key, pin_matches
 from artifact.pack import PackResult, pack_state_dict
 from artifact.recipe import CalibrationConfig, Recipe, parse_recipe
 from artifact.solve import Solution, solve
-from artifact.submission import BLOB, plan_files
+from artifact.submission import plan_files
 
 MAX_ROUNDS = 6
 _CALIBRATION_KEYS = set(CalibrationConfig.__dataclass_fields__)
@@ -61,7 +61,7 @@ def counted_code_bytes(model_config: dict, eval_defaults: dict, budget: Budget, 
     """Bytes of the shipped files other than the blob that `budget` counts (`extra_files`: the
     model file and code files shipped beside run.py)."""
     files = plan_files([], model_config, eval_defaults, compact, blob=b"", extra_files=extra_files)
-    return sum(len(b) for rel, b in files.items() if rel != BLOB and not matches(rel, budget.not_counted))
+    return count_files(files, budget).code_bytes
 
 
 def recipe_data(choices: dict[str, str], calibration: dict | None = None, lqer_codec: str = "ans",

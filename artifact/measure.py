@@ -35,8 +35,8 @@ bit-identical whatever `jobs` is). Results are cached as one JSON file per tenso
 content hash of the whole state dict, the calibration settings and the probe, each written
 atomically as soon as its tensor is done: an interrupted run (Ctrl-C) leaves only whole files
 and a rerun measures only what is missing. Inside a file candidates are keyed by label, so a
-second fit (another budget, or a wider grid) only measures what is missing. Progress goes to
-stderr.
+second fit (another budget, or a wider grid) only measures what is missing. `progress` hears
+each tensor as it finishes (in completion order with worker processes).
 """
 
 from __future__ import annotations
@@ -205,6 +205,24 @@ class Measurement:
         cands = [[(t.candidates[l]["bytes"], t.predicted_dloss(l), l) for l in wanted if l in t.candidates]
                  for t in self.tensors.values()]
         return names, cands
+
+    def to_frame(self):
+        """Every measured candidate as a pandas DataFrame, one row per (tensor, label): the
+        label's fields, bytes (and its parts), distortion, the tensor's sensitivity and the
+        predicted Δloss in nats (sensitivity x distortion)."""
+        import pandas as pd  # only a notebook user pays for pandas here (workers never import it)
+
+        rows = []
+        for name, t in self.tensors.items():
+            for label, fig in t.candidates.items():
+                c = Choice.parse(label)
+                rows.append({"name": name, "params": t.params, "label": label, "bits": c.bits, "clip": c.clip,
+                             "gptq": c.gptq, "lqer_rank": c.lqer_rank, "prune": c.prune, "codec": c.codec,
+                             "bytes": fig["bytes"], "code_bytes": fig.get("code_bytes"),
+                             "scale_bytes": fig.get("scale_bytes"), "lqer_bytes": fig.get("lqer_bytes"),
+                             "distortion": fig["distortion"], "sensitivity": t.sensitivity,
+                             "predicted_dloss": t.predicted_dloss(label)})
+        return pd.DataFrame(rows)
 
 
 # ----------------------------------------------------------------------------- hashing and cache
@@ -427,10 +445,13 @@ def measure(state_dict: dict[str, Tensor], hessians: dict[str, Tensor], grid: Gr
     for name in names:
         if name not in {j[0] for j in jobs_todo}:
             state["done"] += 1
+    if progress is not None:
+        progress(state["done"], len(names), f"{state['done']} tensor(s) from the cache, {len(jobs_todo)} to measure "
+                                            f"({min(jobs, max(1, len(jobs_todo)))} worker(s))")
     for result in _run_jobs(jobs_todo, jobs):
         _store(result, stored, grid, probe_loss, state)
         if progress is not None:
-            progress(state["done"], len(names), f"{result[0]} ({result[3]} measured)")
+            progress(state["done"], len(names), f"{result[0]}: {result[3]} candidate(s) measured")
     tensors: dict[str, TensorMeasure] = {}
     total = 0
     for name in names:
@@ -447,15 +468,18 @@ def measure(state_dict: dict[str, Tensor], hessians: dict[str, Tensor], grid: Gr
 
 
 def _run_jobs(todo: list[tuple], jobs: int):
-    """Results of `_tensor_job` in input order: in-process, or from a pool of worker processes
-    (spawned, so no torch state is forked). Ctrl-C terminates the workers and propagates."""
+    """Results of `_tensor_job` as each finishes: in-process (input order), or from a pool of
+    worker processes (spawned, so no torch state is forked) in completion order, so a small
+    tensor's result is not held back behind a large one. Every result depends on its own job
+    alone (a probe swaps one tensor in and restores it), so the figures and cache files are the
+    same in any order. Ctrl-C terminates the workers and propagates."""
     if jobs == 1 or len(todo) <= 1:
         for job in todo:
             yield _tensor_job(job)
         return
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(min(jobs, len(todo)), initializer=_worker_init) as pool:  # exit: terminate
-        yield from pool.imap(_tensor_job, todo, chunksize=1)
+        yield from pool.imap_unordered(_tensor_job, todo, chunksize=1)
 
 
 def _store(result: tuple, stored: dict, grid: Grid, probe_loss, state: dict) -> None:

@@ -56,6 +56,12 @@ class PackResult:
     lqer_targets: list[str] = field(default_factory=list)
     pm1_pruned: int = 0
 
+    def to_frame(self):
+        """`rows` (one per tensor) as a pandas DataFrame, for a notebook."""
+        import pandas as pd  # only a notebook user pays for pandas here
+
+        return pd.DataFrame(self.rows)
+
 
 @dataclass
 class _Packed:

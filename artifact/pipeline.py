@@ -72,8 +72,10 @@ def probe_seqs(n_params: int, seq_len: int) -> int:
     return max(2, min(PROBE_SEQS, PROBE_WORK // max(1, n_params * (seq_len + 1))))
 
 
-def _cached_hessians(path: Path | None, compute: Callable[[], dict]) -> dict:
+def _cached_hessians(path: Path | None, compute: Callable[[], dict], log: Log | None = None) -> dict:
     if path is not None and path.is_file():
+        if log is not None:
+            log(f"calibrate: Hessians from the cache ({path.name})")
         return torch.load(path, weights_only=True)
     hessians = compute()
     if path is not None:
@@ -83,14 +85,15 @@ def _cached_hessians(path: Path | None, compute: Callable[[], dict]) -> dict:
 
 
 def prepare(checkpoint, data, cache: str | Path | None = None, grid: Grid | None = None,
-            progress: Callable[[str], Progress] | None = None, jobs: int | None = 1,
-            model: ModelSpec | None = None) -> dict[str, Any]:
+            progress: StageProgress | None = None, jobs: int | None = 1, model: ModelSpec | None = None,
+            log: Log | None = None) -> dict[str, Any]:
     """Load the checkpoint (as `model` says: golf's GPT by default, or a user's module),
     calibrate (Hessians cached) and measure (`jobs` worker processes, None:
-    `measure.default_jobs()`). `progress(stage)` gives the progress callback of a stage
-    ("calibrate", "measure"). Returns a dict with loaded (the LoadedModel), model, cfg (golf's
-    GPT's ModelConfig, else None), meta, state, hessians, calibration, measurement, data (paths)
-    and seq_len (the training seq_len)."""
+    `measure.default_jobs()`). `progress(stage)` is called as each stage starts ("calibrate",
+    then "measure") and gives that stage's progress callback; `log` hears what came from the
+    cache. Returns a dict with loaded (the LoadedModel), model, cfg (golf's GPT's ModelConfig,
+    else None), meta, state, hessians, calibration, measurement, data (paths) and seq_len (the
+    training seq_len)."""
     loaded = load_model(checkpoint, model)
     net, state, seq_len = loaded.model, loaded.state, loaded.seq_len
     paths = resolve_data(data, vocab_size=loaded.vocab_size)
@@ -107,14 +110,14 @@ def prepare(checkpoint, data, cache: str | Path | None = None, grid: Grid | None
     ckpt_hash = state_hash(state)
     h_path = cache_dir / f"hessians-{cache_key(ckpt_hash, calibration)}.pt" if cache_dir else None
     recipe = parse_recipe({"name": "fit", "calibration": settings})
-    hessians = _cached_hessians(h_path, lambda: calibrate_for_recipe(
-        net, recipe, tokens, progress=progress("calibrate") if progress else None))
+    stage = progress or (lambda name: None)
+    cal_progress = stage("calibrate")
+    hessians = _cached_hessians(h_path, lambda: calibrate_for_recipe(net, recipe, tokens, progress=cal_progress), log)
     n_probe = probe_seqs(sum(t.numel() for t in state.values()), seq_len)
     probe_batches = batches_from_tokens(tokens, n_probe, seq_len + 1, n_probe, cal.offset)
     measurement = measure(state, hessians, grid, probe_loss_fn(net, probe_batches),
                           calibration={**calibration, "probe": [n_probe, seq_len + 1]}, cache_dir=cache_dir,
-                          progress=progress("measure") if progress else None,
-                          jobs=default_jobs() if jobs is None else jobs)
+                          progress=stage("measure"), jobs=default_jobs() if jobs is None else jobs)
     return {"loaded": loaded, "model": net, "cfg": loaded.cfg, "meta": loaded.meta, "state": state,
             "hessians": hessians, "calibration": calibration, "measurement": measurement, "data": paths,
             "seq_len": seq_len}
@@ -167,15 +170,19 @@ class FitRun:
 
 def fit_checkpoint(prepared: dict, budget: Budget, out: str | Path, val_data, pins: dict[str, str] | None = None,
                    dry_run: bool = False, compact: bool = True, max_tokens: int | None = None,
-                   budget_label: str | None = None, log: Log | None = None, code_files=()) -> FitRun:
+                   budget_label: str | None = None, log: Log | None = None, code_files=(),
+                   progress: StageProgress | None = None) -> FitRun:
     """Solve, pack and repair under `budget` (code counted as shipped: the runtime, a user's
     model file, the budget's and `code_files`), write the submission to OUT/submission and the
     fit's recipe to OUT/recipe.toml, and verify it in a fresh process on `val_data`'s val shards
-    (the first `max_tokens` tokens when given)."""
+    (the first `max_tokens` tokens when given). `progress(stage)` is called as each stage starts
+    ("solve", then "verify": its scoring's progress); `log` hears each pack round."""
     out = Path(out)
     sub_dir = out / "submission"
     if not dry_run:
         check_out_dir(sub_dir)  # refuse before minutes of packing, not after
+    stage = progress or (lambda name: None)
+    stage("solve")
     loaded, m = prepared["loaded"], prepared["measurement"]
     extra = shipped_files(loaded, budget, code_files)
     eval_defaults = {"seq_len": prepared["seq_len"]}
@@ -196,9 +203,8 @@ def fit_checkpoint(prepared: dict, budget: Budget, out: str | Path, val_data, pi
     run.recipe_file = out / "recipe.toml"
     atomic_write(run.recipe_file, recipe_toml(recipe_data(res.choices, prepared["calibration"], m.grid.lqer_codec,
                                                           m.grid.scales_codec)))
-    if log is not None:
-        log("fit: verifying in a fresh process")
-    run.verify = verify(sub_dir, budget, val_data, max_tokens=max_tokens, device="cpu", code_files=code_files)
+    run.verify = verify(sub_dir, budget, val_data, max_tokens=max_tokens, device="cpu", code_files=code_files,
+                        progress=stage("verify"))
     return run
 
 

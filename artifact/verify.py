@@ -14,8 +14,9 @@
    config.json configures test-time training (eval.ttt), a TTT score from the shipped
    TTT module over exactly the plain eval's targets and bytes;
 5. returns the verdict: `FITS total=… (code=… model=…) limit=… headroom=… val_bpb=…` or
-   `OVER total=… limit=… over_by=… val_bpb=…`; val_bpb is the submission's score (the TTT
-   figure when it has TTT, then followed by `plain_val_bpb=…`).
+   `OVER total=… limit=… over_by=… val_bpb=…` (byte counts with thousands separators); val_bpb
+   is the submission's score (the TTT figure when it has TTT, then followed by `plain_val_bpb=…`).
+   `progress` hears the run's scoring as it goes (run.py's `golf-progress` lines on stderr).
 A failed process, a hash mismatch (tampered blob), an import from outside or a timeout raises
 `VerifyError` (an `ArtifactError`).
 """
@@ -29,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +38,8 @@ from artifact.budget import Budget, ByteCount, count_submission, resolve_budget
 from artifact.container import read_manifest_checked
 from artifact.runtime.errors import ArtifactError
 from artifact.runtime.format import TENSORS
+from artifact.runtime.progress import Progress
+from artifact.runtime.run import PROGRESS_TAG
 from artifact.submission import BLOB, CONFIG, ENTRY, RUNTIME_PACKAGE, TTT_MODULE
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -119,9 +123,9 @@ class VerifyResult:
         if self.ttt:
             score += f" (ttt {self.ttt['mode']}; plain_val_bpb={self.plain_val_bpb:.8f})"
         if self.fits:
-            return (f"FITS total={c.total} (code={c.code_bytes} model={c.model_bytes}) "
-                    f"limit={c.budget.bytes} headroom={c.headroom} {score}")
-        return f"OVER total={c.total} limit={c.budget.bytes} over_by={-c.headroom} {score}"
+            return (f"FITS total={c.total:,} (code={c.code_bytes:,} model={c.model_bytes:,}) "
+                    f"limit={c.budget.bytes:,} headroom={c.headroom:,} {score}")
+        return f"OVER total={c.total:,} limit={c.budget.bytes:,} over_by={-c.headroom:,} {score}"
 
     def to_dict(self) -> dict:
         return {"verdict": self.verdict, "line": self.line(), "bytes": self.count.to_dict(), "run": self.run}
@@ -247,13 +251,48 @@ def _check_result(proc, result: dict | None, copy: Path, n_manifest: int) -> dic
     return result
 
 
+def _run_streaming(cmd: list[str], cwd: Path, timeout: float, progress: Progress | None):
+    """Run `cmd`, handing its `golf-progress DONE TOTAL` stderr lines to `progress` as they come
+    (the run's scoring progress) and keeping all other output; killed after `timeout` seconds."""
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+    out: list[str] = []
+    err: list[str] = []
+
+    def pump_stderr():
+        for line in proc.stderr:
+            words = line.split()
+            if len(words) == 3 and words[0] == PROGRESS_TAG and words[1].isdigit() and words[2].isdigit():
+                if progress is not None:
+                    progress(int(words[1]), int(words[2]), "scoring")
+            else:
+                err.append(line)
+
+    readers = [threading.Thread(target=pump_stderr, daemon=True),
+               threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True)]
+    for r in readers:
+        r.start()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise VerifyError(f"run.py did not finish within {timeout:.0f} s") from None
+    finally:
+        for r in readers:
+            r.join()
+    return subprocess.CompletedProcess(cmd, proc.returncode, "".join(out), "".join(err))
+
+
 def verify(sub_dir, budget: Budget | str | int | None, data_dir, seq_len: int | None = None,
            stride: int | None = None, max_tokens: int | None = None, device: str | None = None,
-           threads: int | None = None, timeout: float = DEFAULT_TIMEOUT_S, code_files=()) -> VerifyResult:
+           threads: int | None = None, timeout: float = DEFAULT_TIMEOUT_S, code_files=(),
+           progress: Progress | None = None) -> VerifyResult:
     """Run the submission in `sub_dir` in a fresh, guarded process on `data_dir`'s val shards,
     count its shipped bytes against `budget` (a Budget, a budgets.toml name or a byte count; its
-    code files and `code_files` count as code too) and return the verdict. Raises VerifyError
-    when the round trip fails in any way."""
+    code files and `code_files` count as code too) and return the verdict; `progress(done, total,
+    note)` hears the run's scoring as it goes. Raises VerifyError when the round trip fails in
+    any way."""
     sub_dir = Path(sub_dir)
     if not isinstance(budget, Budget):
         budget = resolve_budget(budget)
@@ -268,11 +307,7 @@ def verify(sub_dir, budget: Budget | str | int | None, data_dir, seq_len: int | 
             raise VerifyError(f"temporary folder {tmp} lies inside the project; set TMPDIR elsewhere")
         copy = copy_submission(sub_dir, Path(tmp))
         cmd = run_command(copy, data_dir, seq_len, stride, max_tokens, device, threads)
-        try:
-            proc = subprocess.run(cmd, cwd=copy, capture_output=True, text=True, timeout=timeout,
-                                  stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            raise VerifyError(f"run.py did not finish within {timeout:.0f} s") from None
+        proc = _run_streaming(cmd, copy, timeout, progress)
         result = _result_line(proc.stdout)
         result = _check_result(proc, result, copy, n_manifest)
     return VerifyResult(count=count, run=result, command=cmd[:3] + ["<bootstrap>"] + cmd[4:],

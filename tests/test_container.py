@@ -124,7 +124,12 @@ def test_inspect_reports_from_the_manifest(blob, tmp_path):
     assert rep["totals"]["blob_bytes"] == len(blob)
     assert rep["totals"]["params"] == sum(int(np.prod(e.shape)) for e in entries())
     assert rep["totals"]["stream_bytes"] + rep["totals"]["overhead_bytes"] == len(blob)
-    assert abs(sum(r["bytes"] for r in rows.values()) - rep["totals"]["stream_bytes"]) <= len(rows)
+    # every stored byte is attributed exactly once: tensors + header/manifest/checksum = the blob
+    assert sum(r["bytes"] for r in rows.values()) == rep["totals"]["tensor_bytes"] == rep["totals"]["stream_bytes"]
+    for r in rows.values():
+        assert r["bytes"] == r["codes_bytes"] + r["scales_bytes"] + r["lqer_bytes"]
+    assert rows["shared.a"]["shared"] and not rows["row.int6"]["shared"]
+    assert list(rep.to_frame()["name"]) == [e.name for e in entries()]
     own = [s for s in rep["streams"] if s["codec"] == "ans" and s["raw_bytes"] == 64 * 48]
     assert rows["row.int6"]["codes_bytes"] == own[0]["bytes"]
     assert rows["row.int6"]["scheme"] == "int6 per-row" and rows["group.int4"]["scheme"] == "int4 group 16"
@@ -329,6 +334,22 @@ def test_foreign_files_are_refused(tmp_path):
             read_artifact(p)
         with pytest.raises(ArtifactError):
             inspect(p)
+
+
+def test_apportion_splits_exactly_by_largest_remainder():
+    from artifact.container import apportion
+
+    assert apportion(10, [1, 1, 1]) == [4, 3, 3]  # ties go to the earlier part
+    assert apportion(7, [5, 3, 0]) == [4, 3, 0]  # 4.375, 2.625, 0: the larger remainder gets the byte
+    assert apportion(5, [0, 0]) == [3, 2] and apportion(0, [3, 4]) == [0, 0] and apportion(9, []) == []
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        weights = rng.integers(0, 10_000, rng.integers(1, 30)).tolist()
+        total = int(rng.integers(0, 10**6))
+        shares = apportion(total, weights)
+        assert sum(shares) == total and all(s >= 0 for s in shares)
+        if sum(weights):  # each share is its exact quota rounded down or up
+            assert all(abs(s - total * w / sum(weights)) < 1 for s, w in zip(shares, weights))
 
 
 def test_own_stream_bytes_equal_the_size_model(blob):

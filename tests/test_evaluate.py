@@ -234,6 +234,8 @@ def test_golf_eval_cli_flat_and_sliding(tmp_path, data_root, model, val_tokens, 
     slide = run_golf("eval", ckpt, "--data", data_root, "--seq-len", 64, "--stride", 16,
                      "--batch-seqs", 3, "--json")
     assert slide.returncode == 0, slide.stderr
+    # --json with stderr captured (a script, not a terminal): one JSON line and nothing else at all
+    assert slide.stderr == "" and len(slide.stdout.strip().splitlines()) == 1
     got = json.loads(slide.stdout)
     want = eval_sliding(model, val_tokens, counter, 64, 16)
     assert (got["mode"], got["stride"], got["tokens"], got["bytes"]) == ("sliding", 16, 5999, want.bytes)
@@ -241,6 +243,7 @@ def test_golf_eval_cli_flat_and_sliding(tmp_path, data_root, model, val_tokens, 
 
     text = run_golf("eval", ckpt, "--data", data_root, "--max-tokens", 300)
     assert text.returncode == 0 and "val_bpb" in text.stdout and "tokens/s" in text.stdout
+    assert "eval" in text.stderr and "eta" in text.stderr  # progress, in a log: plain lines with an ETA
 
 
 @pytest.mark.slow

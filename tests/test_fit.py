@@ -111,7 +111,7 @@ def test_cli_rejects_a_malformed_pin():
 
 
 def test_candidates_csv_holds_every_candidate_and_marks_the_choice(prepared, tmp_path):
-    from analysis.plots import rate_distortion_png
+    from analysis.plots import png_bytes, rate_distortion_figure
     from analysis.report import load_fit_tables
 
     res, budget = _fit(prepared, 330_000, dry_run=True)
@@ -132,7 +132,40 @@ def test_candidates_csv_holds_every_candidate_and_marks_the_choice(prepared, tmp
         assert fc.loc[label, "bytes"] == fig["bytes"]
         assert fc.loc[label, "predicted_dloss"] == pytest.approx(t.predicted_dloss(label))
     assert fc["kind"].iloc[0] == "mlp.fc" and table["layer"].notna().any()
-    assert rate_distortion_png(load_fit_tables(tmp_path)["tensors"], table)[:4] == b"\x89PNG"
+    assert png_bytes(rate_distortion_figure(load_fit_tables(tmp_path)["tensors"], table))[:4] == b"\x89PNG"
+
+
+def test_a_real_fit_report_says_what_verify_says(prepared, tmp_path):
+    """`golf fit`'s own path on a val prefix: pack, write, verify in a fresh process, fit.json, a
+    recipe beside the fit at its bytes, the report. The report's total and headroom are the very
+    figures verify counted, to the byte; the per-tensor bytes and the container are the blob."""
+    from analysis.cmd_fit import fit_record, write_fit_folder
+    from analysis.compare import compare_at_recipe_bytes
+    from analysis.report import load_fit_tables
+    from artifact.container import inspect
+    from artifact.pipeline import fit_checkpoint
+
+    budget, out, tokens = resolve_budget(330_000), tmp_path / "fit", 2048
+    fr = fit_checkpoint(prepared, budget, out, BUNDLED_DATA, max_tokens=tokens)
+    result = fit_record(prepared, fr, budget, BUNDLED_DATA, None, tokens)
+    result["compare"] = compare_at_recipe_bytes(prepared, ["baseline-int8-zlib"], BUNDLED_DATA, budget, tokens)
+    write_fit_folder(out, result, candidate_rows(prepared["measurement"], fr.result.choices))
+    tables = load_fit_tables(out)
+    head = dict(zip(tables["headline"]["figure"], tables["headline"]["value"]))
+    v = fr.verify
+    assert head["headroom_bytes"] == v.count.headroom == result["verify"]["bytes"]["headroom"] == 330_000 - fr.real_total
+    assert head["total_bytes"] == v.count.total == fr.real_total and head["verdict"] == v.verdict == "FITS"
+    assert head["val_bpb"] == v.val_bpb and head["val_tokens"] == v.run["tokens"]
+    blob = (out / "submission" / "model.blob").stat().st_size
+    parts = dict(zip(tables["breakdown"]["part"], tables["breakdown"]["bytes"]))
+    assert int(tables["tensors"]["bytes"].sum()) + parts["container"] == blob == v.count.model_bytes
+    assert len(tables["tensors"]) == len(inspect(out / "submission" / "model.blob")["tensors"])
+    # the unquantized reference and the comparison are scored on the tokens verify scored
+    assert result["unquantized_source"] == "scored here on the same tokens" and head["gap"] > 0
+    row = result["compare"]["rows"][0]
+    assert result["compare"]["tokens"] == v.run["tokens"]
+    assert row["fit_bytes"] <= row["recipe_bytes"]
+    assert row["fit_gap"] == row["fit_val_bpb"] - result["compare"]["reference_val_bpb"]
 
 
 # ----------------------------------------------------------------------------- labels, prune, ranks

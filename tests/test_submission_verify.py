@@ -77,8 +77,12 @@ def scratch_copy(plain, tmp_path) -> Path:
 
 @pytest.mark.slow
 def test_verify_fits_and_scores_exactly_the_packed_weights(plain):
-    result = run_verify(plain)
+    heard = []
+    result = verify(plain, "track_10min_16mb", DATA, max_tokens=MAX_TOKENS, device="cpu", threads=THREADS,
+                    progress=lambda done, total, note: heard.append((done, total)))
     assert result.fits and result.line().startswith("FITS total=")
+    # the fresh process's scoring progress streamed as it went, ending at its last window
+    assert heard and heard[-1][0] == heard[-1][1] > 0 and "golf-progress" not in result.stderr_tail
     shipped = {f["path"]: f["bytes"] for f in json.loads((plain / MARKER).read_text())["files"]}
     assert result.count.total == sum(shipped.values())  # every shipped file, nothing else
     assert {p for p, _, role in result.count.files if role != "not counted"} == set(shipped)
@@ -151,7 +155,7 @@ def test_tensor_hash_mismatch_is_an_error_even_with_a_valid_checksum(scratch_cop
 def test_over_budget_prints_over_and_exits_1(plain, capsys):
     code, last = cli_verify(plain, capsys, "--budget", "50000")
     assert code == 1
-    assert last.startswith("OVER total=") and "limit=50000 over_by=" in last and "val_bpb=" in last
+    assert last.startswith("OVER total=") and "limit=50,000 over_by=" in last and "val_bpb=" in last
 
 
 def test_missing_shipped_module_fails_instead_of_falling_back(scratch_copy, capsys):

@@ -10,8 +10,8 @@ its own dtype), builds the model of `config.json` (golf's GPT, or the shipped mo
 `build_model`), loads the decoded weights strictly, scores val_bpb on DIR's validation shards with
 the challenge's exact rule (flat windows, or sliding windows with --stride; artifact/docs/val_bpb.md)
 and prints ONE JSON line, including where each imported module of this layer came from (so a
-verifier can prove they came from the folder). Exit 0 on success, 1 on a decode/hash failure,
-2 on any other error.
+verifier can prove they came from the folder); progress goes to stderr as `golf-progress DONE
+TOTAL` lines. Exit 0 on success, 1 on a decode/hash failure, 2 on any other error.
 
 With a `ttt` table in config.json's eval section (then ttt.py ships too) the same tokens are also
 scored with test-time training (`ttt.run_ttt`, as `golf eval --ttt`): the line gains a `ttt`
@@ -105,8 +105,17 @@ def ttt_config(config, seq_len):
     return cfg
 
 
+PROGRESS_TAG = "golf-progress"
+
+
+def report_progress(done, total, note=""):
+    """Progress on stderr as `golf-progress DONE TOTAL` lines, which a verifier streams; stdout
+    keeps the one result line."""
+    print(PROGRESS_TAG, done, total, file=sys.stderr, flush=True)
+
+
 def evaluate(model, stream, seq_len, opts):
-    common = dict(device=opts["device"], sidecar=stream.sidecar)
+    common = dict(device=opts["device"], sidecar=stream.sidecar, progress=report_progress)
     if opts.get("stride") is not None:
         return eval_sliding(model, stream.tokens, stream.counter, seq_len, opts["stride"], **common)
     return eval_flat(model, stream.tokens, stream.counter, seq_len, **common)
@@ -116,7 +125,7 @@ def evaluate_ttt(model, stream, seq_len, cfg, opts):
     from .ttt import run_ttt  # lazy: ttt.py ships only in submissions that use it
 
     r = run_ttt(model, stream.tokens, stream.counter, seq_len, cfg, stride=opts.get("stride"), device=opts["device"],
-                sidecar=stream.sidecar)
+                sidecar=stream.sidecar, progress=report_progress)
     keys = ("mode", "val_loss", "val_bpb", "tokens", "bytes", "seconds", "score_seconds", "train_seconds",
             "chunk_tokens", "chunks", "documents", "updates", "trained_targets", "config")
     return {k: getattr(r, k) for k in keys}
