@@ -89,6 +89,13 @@ COMMANDS = (
             cmd_bench.add_codecs_arguments, cmd_bench.run_codecs),
     Command("bench-solve", "time the budget solver on a random instance",
             cmd_bench.add_solve_arguments, cmd_bench.run_solve),
+    Command("fuzz", "mutate real artifacts of every codec and decode each in a limited worker",
+            cmd_bench.add_fuzz_arguments, cmd_bench.run_fuzz,
+            "Bit flips, truncations, appended bytes, edited manifest fields (checksums recomputed), "
+            "swapped sections and size bombs of small real blobs of every stream codec, each decoded "
+            "in a worker with time and memory limits; prints the cases per mutation kind and outcome "
+            "(clean error / identical output / silent difference / crash / hang / memory) and the "
+            "worst decodes. Exit 1 if any case lands in the last four."),
 )
 
 
