@@ -66,16 +66,10 @@ def ans_decode(data, n):
     freq[lo : lo + span + 1] = bits.reshape(span + 1, width) @ (1 << np.arange(width)[::-1])
     need(freq.sum() == 1 << scale, "ans frequencies do not sum to 2**scale")
     words = np.frombuffer(data, "<u4", offset=end + 8).astype(np.int64)
+    # Each symbol takes ≥ log2(M/max freq) bits of state: no huge output from a tiny stream.
+    need(n * (scale - np.log2(freq.max()) - 1e-4) <= 32 * len(words) + 64, "ans stream too short for its length")
     x = int.from_bytes(data[end : end + 8], "little")
     need(ANS_LOW <= x < 1 << 63, "bad ans state")
-    top = int(freq.max())
-    if top == 1 << scale:  # one symbol, zero bits each: the state never moves
-        need(x == ANS_LOW and not len(words), "ans stream does not decode cleanly")
-        return bytes([int(freq.argmax()) ^ 0x80]) * n
-    # Each symbol takes ≥ log2(M/top) bits of state, less the rounding a state ≥ 2**31 allows;
-    # the state holds 32 bits beyond its floor and each word adds 32.
-    least = math.log2((1 << scale) / top) - math.log2(1 + 2.0 ** (scale - 31))
-    need(least <= 0 or n * least <= 32 * len(words) + 33, "ans stream too short for its length")
     if not _kernel:
         try:
             import numba

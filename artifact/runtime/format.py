@@ -8,9 +8,9 @@ is under a strong hash, and every value under its tensor's hash too).
 
 Bounds (checked before anything is allocated; artifact/docs/container.md, "Bounded work"): the
 decoding work a blob may ask for is WORK_FLOOR + WORK_PER_BYTE units per byte of blob, a unit
-being one raw stream byte or one output element (times 1 + its LQER rank). 64 units per byte is
-≥ 8x what any real artifact needs: the densest measured (the bundled checkpoint fitted to 41 KB,
-0.55 bits per weight) uses ~2.3 units per byte, and even 0.25 bits per weight stays under 64.
+being one raw stream byte or one output element (times 1 + its LQER rank). Quantized weights at
+b bits each cost ~16/b units per stored byte (record-1855 on the bundled checkpoint: 7.0; a
+512-wide matrix at 2 bits with a rank-8 LQER correction: ~40): 64 admits 0.25 bits per weight.
 """
 
 MAGIC = b"GOLF"
@@ -54,13 +54,9 @@ SCALE_TYPES = ("f2", "f4")
 PASSTHROUGH_TYPES = ("f2", "f4", "b2")  # float16, float32, bfloat16 bit patterns
 ROW_ORDER_U2_MAX_ROWS = 65536  # row orders of up to this many rows are stored as u2, else u4
 
-# ---- stream codecs: [transform+]...family[-level], e.g. "deinterleave2+brotli-11"
-CODEC_FAMILIES = ("raw", "ans", "zlib", "zstd", "brotli", "lzma")
-DEINTERLEAVE = "deinterleave"  # deinterleaveN: byte k of every N-byte value stored together
-DEINTERLEAVE_WIDTHS = (2, 8)  # N in 2..8
-LEVELLED = ("zlib", "zstd", "brotli", "lzma")  # the families that carry a level (lzma: "e" = extreme)
-# a stream codec as the manifest may name it: transforms, then the family
-STREAM_CODEC = (rf"(?:{DEINTERLEAVE}[{DEINTERLEAVE_WIDTHS[0]}-{DEINTERLEAVE_WIDTHS[1]}]\+)*"
-                rf"(raw|ans|(?:{'|'.join(LEVELLED)})-\d\d?e?)")
+# ---- stream codecs: [transform+]...family[-level], e.g. "deinterleave2+brotli-11": a stream codec
+# as the manifest may name it. deinterleaveN (N = 2..8): byte k of every N-byte value stored
+# together; the families raw, ans (no level), zlib, zstd, brotli, lzma (level; lzma "e": extreme).
+STREAM_CODEC = r"(?:deinterleave[2-8]\+)*(raw|ans|(?:zlib|zstd|brotli|lzma)-\d\d?e?)"
 TRANSPOSE = "transpose"  # an array transform: recorded in the block (TRANSPOSED), not the stream
 ANS_LOW = 1 << 31  # rANS state lower bound: the state lives in [2**31, 2**63)
