@@ -61,12 +61,15 @@ COMMANDS = (
             cmd_pack.add_inspect_arguments, cmd_pack.run_inspect,
             "Scheme, bytes and bits per weight of every tensor, and totals, read from the blob's "
             "manifest (no checkpoint needed)."),
-    Command("verify", "run a submission in a fresh process, count its bytes, score it",
+    Command("verify", "run a submission contained, re-score it, count its bytes: FITS / OVER",
             cmd_pack.add_verify_arguments, cmd_pack.run_verify,
-            "Copy the submission to a clean folder, run its run.py in a fresh Python that cannot "
-            "import this project, check every tensor hash, count the shipped bytes against the "
-            "budget and score val_bpb. Exit 0 FITS, 1 OVER, 2 error or mismatch. This executes the "
-            "submission's code."),
+            "THIS EXECUTES THE SUBMISSION'S CODE (its run.py), contained: a copy of exactly the counted "
+            "files runs in a fresh Python with a scrubbed environment, a temporary HOME, memory, CPU-time "
+            "and file-size caps, no network, writes only in its own folder (as far as this OS allows; "
+            "the output says what held) and no imports from this project. golf decodes model.blob with "
+            "its own decoder, checks that the state the run scored is exactly those weights, re-scores "
+            "them with its own eval and requires the run's figures to match; a golf submission.json's "
+            "file hashes must match too. Exit 0 FITS, 1 OVER, 2 error or mismatch."),
     Command("fit", "fit a checkpoint into a byte budget at the lowest predicted loss",
             cmd_fit.add_arguments, cmd_fit.run,
             "Measure every tensor's candidates (cached), solve for the lowest predicted loss under the "

@@ -18,6 +18,7 @@ from pathlib import Path
 from analysis.cliutil import Meter, add_code_form_flags, add_json_flag, emit
 from analysis.cmd_eval import add_ttt_flags, ttt_config_from_args
 from artifact.budget import resolve_budget
+from artifact.contain import Limits
 from artifact.container import inspect as inspect_blob
 from artifact.pipeline import pack_checkpoint
 from artifact.runtime.errors import ArtifactError
@@ -137,7 +138,12 @@ def add_verify_arguments(p) -> None:
     p.add_argument("--max-tokens", type=int, default=None, help="score only the first N val tokens (quick look)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto = CUDA (bf16 autocast) when available, else CPU (float32)")
-    p.add_argument("--timeout", type=float, default=3600.0, help="seconds before the run is abandoned (default: 3600)")
+    p.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS",
+                   help="seconds before the run is abandoned (default: 3600)")
+    p.add_argument("--max-memory", type=float, default=None, metavar="GB",
+                   help="memory cap of the submission's process, GB (default: 3/4 of this machine's RAM)")
+    p.add_argument("--max-cpu", type=int, default=None, metavar="SECONDS",
+                   help="CPU-time cap of the submission's process (default: timeout x CPU count)")
     add_json_flag(p)
 
 
@@ -151,9 +157,10 @@ def _recorded_budget(folder: Path) -> str | None:
 def run_verify(args) -> int:
     folder = Path(args.dir)
     budget = resolve_budget(args.budget or _recorded_budget(folder))
+    limits = Limits(args.timeout, int(args.max_memory * 1e9) if args.max_memory else None, args.max_cpu)
     try:
         result = verify(folder, budget, args.data or BUNDLED_DATA, seq_len=args.seq_len, stride=args.stride,
-                        max_tokens=args.max_tokens, device=args.device, timeout=args.timeout)
+                        max_tokens=args.max_tokens, device=args.device, timeout=args.timeout, limits=limits)
     except VerifyError as e:
         emit({"verdict": "ERROR", "error": str(e), "line": f"ERROR {e}"}, args.json, lambda r: r["line"])
         return 2
@@ -162,16 +169,25 @@ def run_verify(args) -> int:
 
 
 def _verify_text(r: dict) -> str:
-    run, b = r["run"], r["bytes"]
+    run, b, c = r["run"], r["bytes"], r["containment"]
     files = ", ".join(f"{f['path']} {f['bytes']:,}" for f in b["files"] if f["role"] != "not counted")
+    left_out = [f["path"] for f in b["files"] if f["role"] == "not counted"]
     where = sorted({Path(p).parent.parent.as_posix() for p in run["modules"].values()})
     mode = run["mode"] + (f" stride {run['stride']}" if run.get("stride") else "")
+    fences = "; ".join(f"{k} {v}" for k, v in c.items() if k not in ("not enforced", "memory_bytes", "cpu_seconds",
+                                                                       "file_bytes"))
     return "\n".join([
-        f"counted      {files}",
+        f"counted      {files}" + (f" (not counted, not run: {', '.join(left_out)})" if left_out else ""),
+        f"packed       {'submission.json: every counted file is what golf packed' if r['packed_by_golf'] else 'no golf submission.json: file hashes not checked'}",
+        f"contained    memory {c.get('memory_bytes', 0) / 1e9:.1f} GB, CPU {c.get('cpu_seconds', 0):,} s, files "
+        f"{c.get('file_bytes', 0) / 1e9:.1f} GB; {fences}",
+        *([f"NOT ENFORCED {', '.join(c['not enforced'])}"] if c.get("not enforced") else []),
         f"decoded      {run['n_tensors']} tensors, every hash verified, in {run['decode_seconds']:.2f} s",
         f"modules      {len(run['modules'])} project modules, all from the clean copy ({', '.join(where)})",
         f"scored       {run['tokens']:,} tokens / {run['bytes']:,} bytes, {mode} seq_len {run['seq_len']} on "
         f"{run['device']} in {run['eval_seconds']:.1f} s: val_loss {run['val_loss']:.6f}",
+        f"re-scored    by golf's own decoder and eval: the state run.py scored is model.blob's (digest "
+        f"{r['score']['digest'][:12]}…), val_bpb {r['score']['val_bpb']:.8f} matches",
         *(_verify_ttt_lines(run) if run.get("ttt") else []),
         r["line"],
     ])

@@ -80,6 +80,23 @@ class Contained:
     def enforced(self) -> dict:
         return next((r["enforced"] for r in self.records if "enforced" in r), {})
 
+    @property
+    def signal(self) -> int | None:
+        """The signal that ended the run, if one did."""
+        if self.returncode is not None and self.returncode < 0:
+            return -self.returncode
+        return next((r["signal"] for r in self.records if isinstance(r.get("signal"), int)), None)
+
+    def ending(self) -> str:
+        """How the run ended, in words: 'status 1', or 'killed by SIGXCPU (its CPU-time limit)'."""
+        sig = self.signal
+        if sig is None:
+            return f"status {self.returncode}"
+        why = {signal.SIGXCPU: "its CPU-time limit", signal.SIGXFSZ: "its file-size limit",
+               signal.SIGKILL: "a hard limit or the out-of-memory killer"}.get(sig, "")
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else f"signal {sig}"
+        return f"killed by {name}" + (f" ({why})" if why else "")
+
 
 def scrubbed_env(box: Path) -> dict:
     env = {"PATH": "/usr/bin:/bin", "HOME": str(box / "home"), "TMPDIR": str(box / "tmp"),

@@ -137,20 +137,24 @@ def confine(box, limits):
     return enforced
 
 
-def _as_init():
-    """In a new PID namespace the next child is its init: run the rest there, and end with its
-    status (when it ends, the kernel ends every process left in the namespace)."""
-    pid = os.fork()
-    if pid == 0:
+def _as_init(record):
+    """Fork the new PID namespace's init, and under it the process that runs the rest (an init
+    does not get the signals a CPU-time limit sends). Each parent ends with its child's status:
+    when the init ends, the kernel ends every process left in the namespace. A signal that ended
+    a child is recorded and becomes exit 128 + signal."""
+    for _ in ("init", "run"):
+        pid = os.fork()
+        if pid:
+            while True:
+                try:
+                    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+                    break
+                except InterruptedError:
+                    continue
+            if code < 0:
+                record({"signal": -code})
+            os._exit(128 - code if code < 0 else code)
         _libc().prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0)
-        return
-    while True:
-        try:
-            _, status = os.waitpid(pid, 0)
-            break
-        except InterruptedError:
-            continue
-    os._exit(os.waitstatus_to_exitcode(status) % 256)
 
 
 def guard_imports(roots):
@@ -224,7 +228,7 @@ def prepare():
     os.chdir(cfg["run_dir"])
     enforced = confine(cfg["box"], cfg["limits"])
     if "processes" in enforced:
-        _as_init()
+        _as_init(record)
     record({"enforced": enforced})
     return cfg, record
 

@@ -61,7 +61,11 @@ def score_reference(folder: str | Path, options: dict, digest=state_digest) -> d
     opts = {"device": "auto", **{k: v for k, v in options.items() if v is not None}}
     seq_len = opts.get("seq_len") or config.get("eval", {}).get("seq_len") or DEFAULT_SEQ_LEN
     ttt = ttt_config(config, seq_len)
-    model, n_tensors, _ = load_model(folder, config)
+    try:
+        model, n_tensors, _ = load_model(folder, config)
+    except RuntimeError as e:  # torch's load_state_dict: names or shapes that do not fit
+        raise ConfigError(f"model.blob's tensors do not fit the model config.json describes: "
+                          f"{' '.join(str(e).split())[:300]}") from None
     out = {"digest": digest(model.state_dict()), "n_tensors": n_tensors}
     stream = val_stream(opts["data"], model.config.vocab_size, opts.get("max_tokens"))
     r = evaluate(model, stream, seq_len, opts)

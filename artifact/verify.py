@@ -243,10 +243,9 @@ def check_run(ran: Contained, copy: Path, n_manifest: int, configured_ttt: dict 
     result = _result_line(ran.stdout)
     if result is None:
         last = (ran.stderr.strip().splitlines() or ["(no output)"])[-1]
-        killed = f" (killed by signal {-ran.returncode}: a limit?)" if ran.returncode < 0 else ""
-        raise VerifyError(f"run.py exited with status {ran.returncode}{killed} without a result line: {last}")
+        raise VerifyError(f"run.py ended ({ran.ending()}) without a result line: {last}")
     if result.get("error") or ran.returncode != 0:
-        raise VerifyError(f"run.py failed (exit {ran.returncode}): {result.get('error') or _tail(ran.stderr)}")
+        raise VerifyError(f"run.py failed ({ran.ending()}): {result.get('error') or _tail(ran.stderr)}")
     if result.get("hashes_ok") is not True:
         raise VerifyError("run.py did not confirm the tensor hashes")
     if result.get("n_tensors") != n_manifest:
