@@ -8,19 +8,35 @@ the tool's own errors (`GolfError`) into one clear line and a non-zero exit, nev
 from __future__ import annotations
 
 import os
+import signal
+import sys
+
+
+def _interrupted_while_starting(signum, frame):
+    # Ctrl-C while the imports below load (seconds, torch): one line, not a traceback.
+    sys.stderr.write("golf: interrupted\n")
+    os._exit(130)
+
+
+try:  # only the main thread may set handlers; elsewhere the default stays
+    _previous_sigint = signal.signal(signal.SIGINT, _interrupted_while_starting) or signal.default_int_handler
+except ValueError:
+    _previous_sigint = None
 
 # Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning threads
 # made torch steps up to 10x slower. Must be set before torch is first imported (below).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
-import sys  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from importlib.metadata import PackageNotFoundError, version  # noqa: E402
 from typing import Callable  # noqa: E402
 
 from analysis import cmd_bench, cmd_data, cmd_eval, cmd_fit, cmd_pack, cmd_report, cmd_train  # noqa: E402
 from artifact.runtime.errors import GolfError  # noqa: E402
+
+if _previous_sigint is not None:  # started: Ctrl-C is KeyboardInterrupt again, which main() reports
+    signal.signal(signal.SIGINT, _previous_sigint)
 
 
 @dataclass(frozen=True)
@@ -128,8 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        print("golf: interrupted", file=sys.stderr)
+        return 130
     if not getattr(args, "run", None):
         # A bare `golf` or `golf data` prints the relevant help.
         (getattr(args, "help_parser", None) or parser).print_help()

@@ -21,7 +21,7 @@ from analysis.fit_tables import CANDIDATE_COLUMNS, CSV_COLUMNS, candidate_rows, 
 from analysis.report import load_fit_tables, write_report
 from artifact.budget import resolve_budget
 from artifact.measure import Choice
-from artifact.pipeline import fit_checkpoint, prepare
+from artifact.pipeline import FIT_FORMAT, check_fit_out, fit_checkpoint, prepare
 from artifact.runtime.errors import ConfigError
 from artifact.runtime.files import atomic_write_json
 from train.bundled import BUNDLED_CHECKPOINT, BUNDLED_DATA
@@ -73,6 +73,8 @@ def run(args) -> int:
     budget = resolve_budget(args.budget)
     pins = parse_pins(args.pin)
     val_data = args.data or BUNDLED_DATA
+    if not args.dry_run:
+        check_fit_out(args.out)  # before minutes of measuring
     p = prepare(args.checkpoint or BUNDLED_CHECKPOINT, val_data, args.cache, progress=stage_meter, jobs=args.jobs)
     label = str(args.budget) if args.budget is not None else budget.name
     fr = fit_checkpoint(p, budget, args.out, val_data, pins, args.dry_run, args.compact, args.max_tokens,
@@ -114,7 +116,7 @@ def _compare(args, recipe_file: Path, budget) -> list[dict]:
 def _write_reports(out: Path, result: dict, candidates: list[dict]) -> None:
     """fit.json + tensors.csv + candidates.csv, then the report (CSV, Markdown, self-contained
     HTML with plots)."""
-    atomic_write_json(out / "fit.json", result, indent=1)
+    atomic_write_json(out / "fit.json", {"format": FIT_FORMAT, **result}, indent=1)
     write_csv(out / "tensors.csv", CSV_COLUMNS, result["tensors"])
     write_csv(out / "candidates.csv", CANDIDATE_COLUMNS, candidates)
     paths = write_report(out, load_fit_tables(out))

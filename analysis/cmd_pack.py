@@ -56,7 +56,7 @@ def run_pack(args) -> int:
               "tensors": report["tensors"], "blob": report["totals"],
               "bytes": done.count.to_dict(), "files": done.written["files"]}
     emit(result, args.json, _pack_text)
-    return 0
+    return 0 if done.count.fits else 1
 
 
 def _num(value) -> str:
@@ -88,6 +88,9 @@ def _pack_text(r: dict) -> str:
         f"headroom {b['headroom']:,}",
         f"wrote        {r['out']}  (prove it: golf verify {r['out']})",
     ]
+    if not b["fits"]:
+        lines.append(f"OVER total={b['total_bytes']} limit={b['limit']} over_by={-b['headroom']} "
+                     f"({b['budget']}): the submission does not fit its budget")
     return "\n".join(lines)
 
 

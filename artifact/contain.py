@@ -88,10 +88,10 @@ class Contained:
         return next((r["signal"] for r in self.records if isinstance(r.get("signal"), int)), None)
 
     def ending(self) -> str:
-        """How the run ended, in words: 'status 1', or 'killed by SIGXCPU (its CPU-time limit)'."""
+        """How the run ended, in words: 'exit 1', or 'killed by SIGXCPU (its CPU-time limit)'."""
         sig = self.signal
         if sig is None:
-            return f"status {self.returncode}"
+            return f"exit {self.returncode}"
         why = {signal.SIGXCPU: "its CPU-time limit", signal.SIGXFSZ: "its file-size limit",
                signal.SIGKILL: "a hard limit or the out-of-memory killer"}.get(sig, "")
         name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else f"signal {sig}"

@@ -29,7 +29,7 @@ from artifact.runtime.files import atomic_write_json, read_json_or_none
 from artifact.measure import Choice, Measurement, cache_key, pin_matches
 from artifact.pack import PackResult, pack_state_dict
 from artifact.recipe import CalibrationConfig, Recipe, parse_recipe
-from artifact.solve import Solution, solve
+from artifact.solve import Infeasible, Solution, solve
 from artifact.submission import BLOB, plan_files
 
 MAX_ROUNDS = 6
@@ -207,7 +207,25 @@ def fit(state_dict, measurement: Measurement, budget: Budget, code_bytes: int, h
     rounds: list[dict] = []
     tried: dict[tuple, tuple] = {}
     for r in range(MAX_ROUNDS):
-        sol = solve(cands, budget.bytes, fixed={"code": code_bytes, "container": residual}, pins=pin_of, names=names)
+        try:
+            sol = solve(cands, budget.bytes, fixed={"code": code_bytes, "container": residual}, pins=pin_of,
+                        names=names)
+        except Infeasible:
+            # The container bytes were an estimate: the smallest allowed choice, packed for real,
+            # either frees room for another round or is the honest figure to report.
+            smallest = {n: min((l for l in t.candidates if n not in pin_of or pin_of[n](l)),
+                               key=lambda l, t=t: (t.candidates[l]["bytes"], l))
+                        for n, t in measurement.tensors.items()}
+            _, blob, _ = packer.pack(smallest)
+            real_residual = len(blob) - _chosen_bytes(measurement, smallest)
+            if real_residual < residual:
+                residual = real_residual
+                continue
+            raise ArtifactError(
+                f"budget of {budget.bytes:,} bytes is infeasible: every tensor at its smallest"
+                f"{' allowed' if pins else ''} candidate packs to {len(blob) + code_bytes:,} bytes as written "
+                f"({len(blob):,} blob + {code_bytes:,} code); the fit cannot get below about that "
+                f"(another choice may pack a few bytes smaller)") from None
         choices = dict(zip(names, sol.labels))
         predicted = sol.total_bytes
         if dry_run:

@@ -26,8 +26,8 @@ from artifact.measure import Grid, cache_key, default_jobs, measure, state_hash
 from artifact.pack import PackResult, calibrate_for_recipe, pack_state_dict, recipe_needs_hessians
 from artifact.recipe import CalibrationConfig, Recipe, load_recipe, parse_recipe
 from artifact.runtime.checkpoint import load_checkpoint, locate_checkpoint, train_seq_len
-from artifact.runtime.errors import ArtifactError, ConfigError
-from artifact.runtime.files import atomic_write, atomic_writer
+from artifact.runtime.errors import ArtifactError, ConfigError, DataError
+from artifact.runtime.files import atomic_write, atomic_writer, check_writable, read_json_or_none
 from artifact.runtime.progress import Progress
 from artifact.runtime.scoring import EvalResult, ValStream, eval_flat, eval_sliding, val_stream
 from artifact.runtime.shards import load_tokens, resolve_data
@@ -86,6 +86,8 @@ def prepare(checkpoint, data, cache: str | Path | None = None, grid: Grid | None
     None: `measure.default_jobs()`). `progress(stage)` gives the progress callback of a stage
     ("calibrate", "measure"). Returns a dict with model, cfg, meta, state, hessians,
     calibration, measurement, data (paths) and seq_len (the training seq_len)."""
+    if cache:
+        check_writable(cache, "measurement cache")
     model, cfg, meta = load_checkpoint(checkpoint)
     model.eval()
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -143,6 +145,32 @@ class FitRun:
     extra: dict = field(default_factory=dict)
 
 
+FIT_FORMAT = "golf-fit"  # fit.json's "format": marks a folder a fit wrote (and may write again)
+FIT_FILES = ("fit.json", "tensors.csv", "candidates.csv", "recipe.toml", "report.csv", "report.md", "report.html",
+             "submission")
+
+
+def is_fit_folder(folder: str | Path) -> bool:
+    """Whether `folder` holds a previous fit: its fit.json says so (or, from before the marker,
+    has a fit's fields)."""
+    record = read_json_or_none(Path(folder) / "fit.json")
+    return isinstance(record, dict) and (record.get("format") == FIT_FORMAT
+                                         or {"budget", "tensors", "rounds"} <= set(record))
+
+
+def check_fit_out(out: str | Path) -> None:
+    """Refuse (ArtifactError) an OUT that exists and is neither empty nor a previous fit: a fit
+    writes recipe.toml, fit.json, reports and submission/ there, and must not overwrite a
+    user's files of those names."""
+    out = Path(out)
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ArtifactError(f"{out}: exists and is not a folder; refusing to write a fit there")
+    if out.is_dir() and any(out.iterdir()) and not is_fit_folder(out):
+        clash = sorted(p.name for p in out.iterdir() if p.name in FIT_FILES)
+        raise ArtifactError(f"{out}: folder exists and is not a previous fit (no fit.json of format {FIT_FORMAT!r})"
+                            + (f"; it holds {', '.join(clash)}" if clash else "") + "; refusing to write into it")
+
+
 def fit_checkpoint(prepared: dict, budget: Budget, out: str | Path, val_data, pins: dict[str, str] | None = None,
                    dry_run: bool = False, compact: bool = True, max_tokens: int | None = None,
                    budget_label: str | None = None, log: Log | None = None) -> FitRun:
@@ -152,6 +180,7 @@ def fit_checkpoint(prepared: dict, budget: Budget, out: str | Path, val_data, pi
     out = Path(out)
     sub_dir = out / "submission"
     if not dry_run:
+        check_fit_out(out)
         check_out_dir(sub_dir)  # refuse before minutes of packing, not after
     cfg, m = prepared["cfg"], prepared["measurement"]
     eval_defaults = {"seq_len": prepared["seq_len"]}
@@ -199,6 +228,8 @@ def pack_checkpoint(checkpoint, recipe: str | Path | Recipe, out: str | Path, da
     demo) only labels the folder and counts it."""
     budget_obj = resolve_budget(budget)
     check_out_dir(out)  # refuse before minutes of packing, not after
+    if data is not None and not Path(data).is_dir():  # even when the recipe calibrates on nothing
+        raise DataError(f"{data}: no such data folder")
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     model, cfg, meta = load_checkpoint(checkpoint)
     weights_file, _ = locate_checkpoint(Path(checkpoint))

@@ -5,8 +5,7 @@ budget, data_dir)`:
 1. counts the shipped bytes exactly as they sit on disk (`budget.count_submission`); when the
    folder holds golf's submission.json, every counted file must be exactly a file it lists, with
    its SHA-256 (an edit after packing is an error);
-2. decodes model.blob with golf's own decoder and builds the model through the one seam
-   `runtime.run.build_model` (`artifact.reference`), giving the digest of the state to be scored;
+2. reads model.blob's manifest and config.json (golf's reader: a malformed blob fails here);
 3. copies ONLY the counted files (not README.md, train logs, … : what the budget does not count
    is not there) into a fresh temporary folder and runs its run.py there, contained
    (`artifact.contain`, `artifact.harness`: scrubbed environment, temporary HOME, memory, CPU-time
@@ -14,11 +13,13 @@ budget, data_dir)`:
    guard), while the harness records the digest of the state dict that is actually scored;
 4. checks run.py's JSON line (every tensor hash verified by the shipped decoder, the manifest's
    tensor count, every imported project module from inside the copy, the TTT figures when
-   config.json configures TTT) and that the state the harness saw scored is model.blob's;
-5. scores the decoded weights again with golf's own eval (`artifact.reference`: in this process
-   for golf's GPT; contained when the model's code ships in the folder) and requires the
-   submission's figures to match: tokens and bytes exactly, val_loss / val_bpb within REL_TOL —
-   a run.py that reports a figure it did not earn is caught;
+   config.json configures TTT);
+5. decodes model.blob with golf's own decoder, builds the model through the one seam
+   `runtime.run.build_model` and scores it with golf's own eval (`artifact.reference`: in this
+   process for golf's GPT; contained when the model's code ships in the folder); the state the
+   harness saw scored must have that state's digest, and the submission's figures must match:
+   tokens and bytes exactly, val_loss / val_bpb within REL_TOL — a run.py that reports a figure
+   it did not earn is caught;
 6. returns the verdict on golf's own figures: `FITS total=… (code=… model=…) limit=… headroom=…
    val_bpb=…` or `OVER total=… limit=… over_by=… val_bpb=…` (the TTT figure when the submission
    carries TTT, then followed by `plain_val_bpb=…`).
@@ -332,11 +333,11 @@ def verify(sub_dir, budget: Budget | str | int | None, data_dir, seq_len: int | 
             raise VerifyError(f"temporary folder {tmp} lies inside the project; set TMPDIR elsewhere")
         box = make_box(Path(tmp))
         copy = copy_counted(sub_dir, count, box / "run")
-        # golf's own score first: a blob golf's decoder refuses fails here, before any of its code runs
-        score = _reference(copy, box, options, limits, rescore_contained)
         ran = run_contained(RUN, box, {"guarded": guarded_folders(), "args": ["--data", options["data"], *args]},
                             limits)
         result = check_run(ran, copy, n_manifest, config.get("eval", {}).get("ttt"), timeout)
+        # then golf's own decode and score of the same counted files (only when the run succeeded)
+        score = _reference(copy, box, options, limits, rescore_contained)
     check_scored_state(ran, score["digest"])
     check_figures(result, score)
     if score.get("ttt"):

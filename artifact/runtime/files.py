@@ -66,6 +66,20 @@ def atomic_write_json(path: str | Path, obj: Any, indent: int | None = None) -> 
     return atomic_write(path, json.dumps(obj, sort_keys=True, indent=indent, default=str) + "\n")
 
 
+def check_writable(folder: str | Path, what: str = "folder") -> Path:
+    """Create `folder` if needed and prove a file can be written in it, so that a command refuses
+    before minutes of work rather than after; FileError naming the folder otherwise."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".golf-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise FileError(f"{folder}: cannot write the {what}: {_why(e)}") from None
+    return folder
+
+
 def read_json_or_none(path: str | Path) -> Any | None:
     """The JSON in `path`, or None when it is missing or torn (a cache entry to rebuild)."""
     try:
@@ -104,7 +118,8 @@ def replace_folder(out: str | Path, build: Callable[[Path], Any]) -> Any:
 
 
 def _swap(tmp: Path, out: Path) -> None:
-    """Rename `tmp` to `out`, moving an existing `out` aside first and back if the rename fails."""
+    """Rename `tmp` to `out`, moving an existing `out` aside first and back if the rename fails.
+    Nothing is left behind: a previous version that cannot be removed is an error naming it."""
     aside = None
     if out.exists():
         aside = out.with_name(f".{out.name}.old-{os.getpid()}")
@@ -119,6 +134,8 @@ def _swap(tmp: Path, out: Path) -> None:
         raise
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
+        if aside.exists():
+            raise FileError(f"{out}: written, but its previous version could not be removed from {aside}")
 
 
 # ----------------------------------------------------------------------------- TOML files
