@@ -16,6 +16,7 @@ from analysis.bench_fit import text as fit_bench_text
 from analysis.bench_pack import BenchShape, format_table
 from analysis.bench_pack import run_bench as run_pack_bench
 from analysis.cliutil import Meter, add_json_flag, emit, say
+from artifact import fuzz
 from artifact.runtime.files import atomic_write_json
 from artifact.solve import bench_solve
 from train.bundled import BUNDLED_CHECKPOINT
@@ -111,16 +112,12 @@ def add_fuzz_arguments(p) -> None:
                    help="checkpoint whose tensors make the corpus blobs (default: the bundled checkpoint)")
     p.add_argument("--cases", type=int, default=20_000, metavar="N", help="mutated blobs to decode (default: 20,000)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="seed: case i depends on (seed, i) only (default: 0)")
-    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), metavar="N",
-                   help=f"worker processes (default: {min(2, os.cpu_count() or 1)}, at most 2 on a shared machine)")
+    jobs = min(2, os.cpu_count() or 1)
+    p.add_argument("--jobs", type=int, default=jobs, metavar="N", help=f"worker processes (default: {jobs})")
     add_json_flag(p)
 
 
 def run_fuzz(args) -> int:
-    from artifact import (
-        fuzz,  # lazy: only this command needs the fuzzer (it loads quant + LQER)
-    )
-
     blobs = fuzz.corpus(args.checkpoint or BUNDLED_CHECKPOINT)
     report = fuzz.run_fuzz(blobs, args.cases, args.seed, args.jobs, progress=Meter("fuzz"))
     result = report.to_dict() | {"small_blobs": fuzz.measure_blobs(fuzz.small_blob_bombs())}
@@ -129,15 +126,14 @@ def run_fuzz(args) -> int:
 
 
 def _fuzz_text(r: dict) -> str:
-    from artifact.fuzz import KINDS, OUTCOMES  # lazy: as run_fuzz
-
-    width = max(len(k) for k in KINDS) + 2
-    lines = [f"{'mutation':<{width}}" + "".join(f"{o:>19}" for o in OUTCOMES) + f"{'cases':>9}"]
-    for kind in KINDS:
+    kinds, outcomes = fuzz.KINDS, fuzz.OUTCOMES
+    width = max(len(k) for k in kinds) + 2
+    lines = [f"{'mutation':<{width}}" + "".join(f"{o:>19}" for o in outcomes) + f"{'cases':>9}"]
+    for kind in kinds:
         row = r["counts"][kind]
-        lines.append(f"{kind:<{width}}" + "".join(f"{row[o]:>19,}" for o in OUTCOMES) + f"{sum(row.values()):>9,}")
-    totals = {o: sum(r["counts"][k][o] for k in KINDS) for o in OUTCOMES}
-    lines.append(f"{'all':<{width}}" + "".join(f"{totals[o]:>19,}" for o in OUTCOMES) + f"{r['cases']:>9,}")
+        lines.append(f"{kind:<{width}}" + "".join(f"{row[o]:>19,}" for o in outcomes) + f"{sum(row.values()):>9,}")
+    totals = {o: sum(r["counts"][k][o] for k in kinds) for o in outcomes}
+    lines.append(f"{'all':<{width}}" + "".join(f"{totals[o]:>19,}" for o in outcomes) + f"{r['cases']:>9,}")
     w = r["worst"]
     for key, label, fmt in (("cpu_s", "slowest decode", lambda v: f"{v:.3f} s CPU"),
                             ("peak_bytes", "largest peak", lambda v: f"{v / 2**20:.1f} MiB")):

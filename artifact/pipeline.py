@@ -27,7 +27,7 @@ from artifact.pack import PackResult, calibrate_for_recipe, pack_state_dict, rec
 from artifact.recipe import CalibrationConfig, Recipe, load_recipe, parse_recipe
 from artifact.runtime.checkpoint import load_checkpoint, locate_checkpoint, train_seq_len
 from artifact.runtime.errors import ArtifactError, ConfigError, DataError
-from artifact.runtime.files import atomic_write, atomic_writer, check_writable, read_json_or_none
+from artifact.runtime.files import atomic_write, atomic_writer, check_writable, file_sha256, read_json_or_none
 from artifact.runtime.progress import Progress
 from artifact.runtime.scoring import EvalResult, ValStream, eval_flat, eval_sliding, val_stream
 from artifact.runtime.shards import load_tokens, resolve_data
@@ -248,21 +248,13 @@ def pack_checkpoint(checkpoint, recipe: str | Path | Recipe, out: str | Path, da
     info = {
         "recipe": recipe.name,
         "budget": str(budget) if budget is not None else budget_obj.name,
-        "checkpoint": {"path": str(checkpoint), "file": weights_file.name, "sha256": _file_sha256(weights_file)},
+        "checkpoint": {"path": str(checkpoint), "file": weights_file.name, "sha256": file_sha256(weights_file)},
         "calibration_data": calib_data,
         "predicted_tensor_bytes": _predicted_bytes(packed.rows),
         "tensors": _plain(list(packed.rows)),
     }
     written = write_submission(out, packed.entries, cfg.to_dict(), eval_defaults, compact=compact, info=info)
     return PackRun(packed, written, count_submission(out, budget_obj), eval_defaults, info)
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _plain(value):

@@ -28,7 +28,6 @@ Anything that fails raises `VerifyError` (an `ArtifactError`), one line that nam
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -45,6 +44,7 @@ from artifact.contain import RESCORE, RUN, Contained, Limits, make_box, run_cont
 from artifact.container import read_manifest_checked
 from artifact.reference import is_builtin_model, read_config, score_reference
 from artifact.runtime.errors import ArtifactError, GolfError
+from artifact.runtime.files import file_sha256
 from artifact.runtime.format import TENSORS
 from artifact.submission import BLOB, ENTRY, FORMAT, MARKER, RUNTIME_PACKAGE, TTT_MODULE
 
@@ -151,14 +151,6 @@ def copy_counted(sub_dir: Path, count: ByteCount, dest: Path) -> Path:
     return dest
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def check_marker(sub_dir: Path, count: ByteCount) -> bool:
     """With golf's submission.json in the folder, the counted files must be exactly the files it
     lists, byte for byte (SHA-256). Returns whether the folder carries one."""
@@ -182,7 +174,7 @@ def check_marker(sub_dir: Path, count: ByteCount) -> bool:
             extra = " (but not counted or missing)" if what == "is listed in" else ""
             raise VerifyError(f"{sorted(names)[0]} {what} {MARKER}{extra}: the folder is not what golf packed")
     for rel in sorted(counted):
-        if _sha256(sub_dir / rel) != listed[rel]:
+        if file_sha256(sub_dir / rel) != listed[rel]:
             raise VerifyError(f"{rel}: differs from what golf packed (SHA-256 in {MARKER})")
     return True
 

@@ -14,13 +14,16 @@ import shutil
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from analysis.cli import main
 from artifact import fuzz
 from artifact.budget import count_submission, resolve_budget
+from artifact.container import TensorEntry, build_blob
+from artifact.runtime.decoder import decode
 from artifact.submission import MARKER
-from artifact.verify import VerifyError, verify
+from artifact.verify import verify
 from train.bundled import BUNDLED_CHECKPOINT, BUNDLED_DATA
 from train.data_build import build_dataset
 
@@ -40,11 +43,6 @@ def packed(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def zeroed_blob(packed, tmp_path_factory) -> bytes:
     """model.blob's structure with every weight zero (a valid blob golf's decoder accepts)."""
-    from artifact.container import TensorEntry, build_blob
-    from artifact.runtime.decoder import decode
-
-    import numpy as np
-
     m, _ = fuzz.split((packed / "model.blob").read_bytes())
     weights = decode(packed / "model.blob")
     return build_blob([TensorEntry(t["n"], tuple(t["s"]), t["d"], passthrough=np.zeros_like(weights[t["n"]]),

@@ -11,6 +11,7 @@ Not shipped in a submission: nothing a submission runs writes files.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -78,6 +79,12 @@ def check_writable(folder: str | Path, what: str = "folder") -> Path:
     except OSError as e:
         raise FileError(f"{folder}: cannot write the {what}: {_why(e)}") from None
     return folder
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def read_json_or_none(path: str | Path) -> Any | None:
