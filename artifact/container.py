@@ -182,7 +182,7 @@ def build_blob(entries) -> bytes:
         raise ArtifactError("duplicate tensor names in the artifact entries")
     streams: dict[tuple, list] = {}  # (stream codec, group) -> [index, [arrays]]
     tensors = []
-    for e in entries:
+    for i, e in enumerate(entries):
         t, parts, w = _entry_parts(e)
         if not np.all(np.isfinite(w)):
             _fail(e.name, "decoded weights contain NaN or Inf")
@@ -190,7 +190,7 @@ def build_blob(entries) -> bytes:
             slot = streams.setdefault((spec.stream_codec, group), [len(streams), []])
             slot[1].append(array)
             block[key] = slot[0]
-        t[HASH] = tensor_hash(e.name, t[DTYPE], w)
+        t[HASH] = tensor_hash(f"{i}/{len(entries)}", e.name, t[DTYPE], w)
         tensors.append(t)
     table, data = [], []
     for (stream_codec, _), (_, arrays) in streams.items():

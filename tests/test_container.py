@@ -199,6 +199,12 @@ def test_every_decoded_fact_is_covered(blob):
     swapped["T"][0]["n"], swapped["T"][1]["n"] = swapped["T"][1]["n"], swapped["T"][0]["n"]
     with pytest.raises(DecodeError, match="hash mismatch"):
         decoder.decode(fuzz.join(swapped, streams))
+    # so are which tensors there are and their order: dropping the empty tensor (no stream bytes
+    # to miss) or swapping two entries is refused
+    dropped = json.loads(json.dumps(m))
+    dropped["T"] = [t for t in dropped["T"] if t["n"] != "empty"]
+    with pytest.raises(DecodeError, match="hash mismatch"):
+        decoder.decode(fuzz.join(dropped, streams))
     # the original dtype is covered too
     relabel = json.loads(json.dumps(m))
     relabel["T"][0]["d"] = "float16" if relabel["T"][0]["d"] != "float16" else "float32"

@@ -280,10 +280,11 @@ def _tensor(t, take):
     return w
 
 
-def tensor_hash(name, dtype, w):
-    """First 8 bytes (hex) of SHA-256 over the name, the original dtype, the shape and the
-    little-endian float32 values: every fact a decoded tensor carries."""
-    h = hashlib.sha256(f"{name}\0{dtype}\0{w.shape}".encode())
+def tensor_hash(slot, name, dtype, w):
+    """First 8 bytes (hex) of SHA-256 over the tensor's slot ("i/n": its index among the n
+    tensors), name, original dtype, shape and little-endian float32 values: every fact of the
+    decoded state dict, which tensors in which order included, is under some tensor's hash."""
+    h = hashlib.sha256(f"{slot}\0{name}\0{dtype}\0{w.shape}".encode())
     h.update(np.ascontiguousarray(w, "<f4").data)
     return h.hexdigest()[:16]
 
@@ -295,7 +296,7 @@ def _decode(blob):
         streams.append([decompress(codec, view[pos : pos + size], raw), 0])
         pos += size
     out = {}
-    for t, parts in zip(m[TENSORS], plans):
+    for i, (t, parts) in enumerate(zip(m[TENSORS], plans)):
         parts = iter(parts)
 
         def take():
@@ -306,7 +307,7 @@ def _decode(blob):
             return np.frombuffer(data, PART_TYPES[dt], n, at).reshape(shape)
 
         w = _tensor(t, take)
-        need(tensor_hash(t[NAME], t[DTYPE], w) == t[HASH], f"tensor {t[NAME]}: hash mismatch")
+        need(tensor_hash(f"{i}/{len(plans)}", t[NAME], t[DTYPE], w) == t[HASH], f"tensor {t[NAME]}: hash mismatch")
         out[t[NAME]] = w
     return m, out
 
