@@ -68,7 +68,7 @@ def fit_folder(tmp_path_factory):
     from its per-tensor rows, candidates.csv, compare.csv (two rows) and fit.json."""
     tmp = tmp_path_factory.mktemp("fit")
     folder = tmp / "fit"
-    done = golf("pack", "--recipe", "seed-003", "--out", folder / "submission", "--json")
+    done = golf("pack", "--recipe", "seed-003", "--out", folder / "submission", "--budget", "track_10min_16mb", "--json")
     assert done.returncode == 0, done.stderr
     packed = json.loads(done.stdout)
     record = json.loads((folder / "submission" / "submission.json").read_text())
