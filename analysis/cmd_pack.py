@@ -165,7 +165,8 @@ def run_verify(args) -> int:
         result = verify(folder, budget, args.data or BUNDLED_DATA, seq_len=args.seq_len, stride=args.stride,
                         max_tokens=args.max_tokens, device=args.device, timeout=args.timeout, limits=limits)
     except VerifyError as e:
-        emit({"verdict": "ERROR", "error": str(e), "line": f"ERROR {e}"}, args.json, lambda r: r["line"])
+        line = "ERROR " + " ".join(str(e).split())  # one line, whatever the run printed
+        emit({"verdict": "ERROR", "error": str(e), "line": line}, args.json, lambda r: r["line"])
         return 2
     emit(result.to_dict(), args.json, _verify_text)
     return 0 if result.fits else 1

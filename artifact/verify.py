@@ -195,6 +195,12 @@ def _tail(text: str, n: int = 1500) -> str:
     return text if len(text) <= n else "…" + text[-n:]
 
 
+def _one_line(text, n: int = 600) -> str:
+    """A message from the run (which may span lines, e.g. torch's) as one line of at most n chars."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[:n] + "…"
+
+
 def _check_modules(result: dict, copy: Path) -> None:
     modules = result.get("modules")
     if not isinstance(modules, dict) or not all(isinstance(p, str) for p in modules.values()):
@@ -236,9 +242,9 @@ def check_run(ran: Contained, copy: Path, n_manifest: int, configured_ttt: dict 
     result = _result_line(ran.stdout)
     if result is None:
         last = (ran.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise VerifyError(f"run.py ended ({ran.ending()}) without a result line: {last}")
+        raise VerifyError(f"run.py ended ({ran.ending()}) without a result line: {_one_line(last)}")
     if result.get("error") or ran.returncode != 0:
-        raise VerifyError(f"run.py failed ({ran.ending()}): {result.get('error') or _tail(ran.stderr)}")
+        raise VerifyError(f"run.py failed ({ran.ending()}): {_one_line(result.get('error') or _tail(ran.stderr))}")
     if result.get("hashes_ok") is not True:
         raise VerifyError("run.py did not confirm the tensor hashes")
     if result.get("n_tensors") != n_manifest:
@@ -287,7 +293,7 @@ def _reference(copy: Path, box: Path, options: dict, limits: Limits, contained: 
     found = [r["reference"] for r in ran.records if isinstance(r.get("reference"), dict)]
     if ran.returncode != 0 or not found:
         last = (ran.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise VerifyError(f"golf's own eval of model.blob failed (exit {ran.returncode}): {last}")
+        raise VerifyError(f"golf's own eval of model.blob failed ({ran.ending()}): {_one_line(last)}")
     return found[0]
 
 
