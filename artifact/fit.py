@@ -213,9 +213,7 @@ def fit(state_dict, measurement: Measurement, budget: Budget, code_bytes: int, h
         except Infeasible:
             # The container bytes were an estimate: the smallest allowed choice, packed for real,
             # either frees room for another round or is the honest figure to report.
-            smallest = {n: min((l for l in t.candidates if n not in pin_of or pin_of[n](l)),
-                               key=lambda l, t=t: (t.candidates[l]["bytes"], l))
-                        for n, t in measurement.tensors.items()}
+            smallest = _smallest_choice(measurement, pin_of)
             _, blob, _ = packer.pack(smallest)
             real_residual = len(blob) - _chosen_bytes(measurement, smallest)
             if real_residual < residual:
@@ -250,8 +248,35 @@ def fit(state_dict, measurement: Measurement, budget: Budget, code_bytes: int, h
         if nxt == residual or (real <= budget.bytes and budget.bytes - real <= max(16, budget.bytes // 2000)):
             break
         residual = nxt
-    if best is None:
-        raise ArtifactError(f"fit: no packed choice fitted {budget.bytes:,} bytes after {len(rounds)} rounds "
-                            f"(last real total {rounds[-1]['real_total']:,})")
+    if best is None:  # the smallest allowed choice, when it fits, is the answer of last resort
+        best = _smallest_fit(cands, names, measurement, pin_of, packer, budget, code_bytes)
+        if best is None:
+            raise ArtifactError(f"fit: no packed choice fitted {budget.bytes:,} bytes after {len(rounds)} rounds "
+                                f"(last real total {rounds[-1]['real_total']:,})")
+        rounds.append({"round": len(rounds) + 1, "residual_assumed": None, "predicted_total": best.predicted_total,
+                       "real_total": best.real_total, "real_residual": None, "predicted_loss": best.predicted_loss})
+        if log is not None:
+            log(f"fit: fallback: every tensor at its smallest candidate, real {best.real_total:,} B "
+                f"(limit {budget.bytes:,})")
     best.rounds = rounds
     return best
+
+
+def _smallest_choice(measurement: Measurement, pin_of: dict) -> dict[str, str]:
+    """Every tensor at its smallest (allowed) candidate."""
+    return {n: min((l for l in t.candidates if n not in pin_of or pin_of[n](l)),
+                   key=lambda l, t=t: (t.candidates[l]["bytes"], l))
+            for n, t in measurement.tensors.items()}
+
+
+def _smallest_fit(cands, names, measurement, pin_of, packer, budget: Budget, code_bytes: int) -> FitResult | None:
+    """The smallest allowed choice as a FitResult when its real pack fits the budget, else None."""
+    smallest = _smallest_choice(measurement, pin_of)
+    packed, blob, recipe = packer.pack(smallest)
+    real = len(blob) + code_bytes
+    if real > budget.bytes:
+        return None
+    only = {n: (lambda label, want=want: label == want) for n, want in smallest.items()}
+    residual = len(blob) - _chosen_bytes(measurement, smallest)
+    sol = solve(cands, budget.bytes, fixed={"code": code_bytes, "container": residual}, pins=only, names=names)
+    return FitResult(smallest, sol, recipe, code_bytes, sol.total_bytes, sol.total_loss, real, len(blob), packed)
