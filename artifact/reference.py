@@ -10,7 +10,8 @@ the submission's run actually scored must equal.
 For golf's own GPT the verifier calls it in its own process. A model whose code ships in the
 folder would run that code here, so the verifier then calls it inside a contained child
 (`artifact.contain.RESCORE`); either way the decoder, the scoring and the byte counting are
-golf's.
+golf's. (Model code that shares a process with the scoring could still tamper with it: for such
+a model the re-score proves the counted bytes under golf's harness, not that the code is fair.)
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from analysis.cli import main
-from artifact import fuzz
+from artifact.fuzz_cases import join, split
 from artifact.container import TensorEntry
 from artifact.runtime.errors import FileError
 from artifact.runtime.files import replace_folder
@@ -89,9 +89,9 @@ def test_inspect_of_an_entry_without_bits_is_one_line(tmp_path, capsys):
     from artifact.container import build_blob
 
     e = TensorEntry("w", (4, 4), "float32", np.ones((4, 4), np.int8), np.ones(4, np.float16), codec="ans", bits=2)
-    m, streams = fuzz.split(build_blob([e]))
+    m, streams = split(build_blob([e]))
     del m["T"][0]["b"]
-    (tmp_path / "m.blob").write_bytes(fuzz.join(m, streams))
+    (tmp_path / "m.blob").write_bytes(join(m, streams))
     code, _, err = run_cli(capsys, "inspect", tmp_path / "m.blob")
     assert code == 2 and "tensor w: unknown or missing field(s) ['b']" in one_error_line(err, "inspect")
 

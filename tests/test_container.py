@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from artifact import fuzz
+from artifact.fuzz_cases import join, reconcile, split
 from artifact.container import (
+    with_digest,
     QuantBlock,
     TensorEntry,
     bf16_bits,
@@ -193,23 +195,23 @@ def test_small_blobs_cannot_ask_for_much_work():
 
 
 def test_every_decoded_fact_is_covered(blob):
-    m, streams = fuzz.split(blob)
+    m, streams = split(blob)
     # names swapped, trailer recomputed: the per-tensor hashes (which cover names) refuse it
     swapped = json.loads(json.dumps(m))
     swapped["T"][0]["n"], swapped["T"][1]["n"] = swapped["T"][1]["n"], swapped["T"][0]["n"]
     with pytest.raises(DecodeError, match="hash mismatch"):
-        decoder.decode(fuzz.join(swapped, streams))
+        decoder.decode(join(swapped, streams))
     # so are which tensors there are and their order: dropping the empty tensor (no stream bytes
     # to miss) or swapping two entries is refused
     dropped = json.loads(json.dumps(m))
     dropped["T"] = [t for t in dropped["T"] if t["n"] != "empty"]
     with pytest.raises(DecodeError, match="hash mismatch"):
-        decoder.decode(fuzz.join(dropped, streams))
+        decoder.decode(join(dropped, streams))
     # the original dtype is covered too
     relabel = json.loads(json.dumps(m))
     relabel["T"][0]["d"] = "float16" if relabel["T"][0]["d"] != "float16" else "float32"
     with pytest.raises(DecodeError, match="hash mismatch"):
-        decoder.decode(fuzz.join(relabel, streams))
+        decoder.decode(join(relabel, streams))
     # one flipped manifest bit without recomputing the trailer: the SHA-256 trailer refuses it
     flipped = bytearray(blob)
     flipped[HEAD + 3] ^= 1
@@ -229,10 +231,10 @@ def test_every_decoded_fact_is_covered(blob):
     (lambda m: m["T"][0].update(b=9), "bad bit width"),
 ])
 def test_bad_manifests_are_refused_by_name(blob, edit, message):
-    m, streams = fuzz.split(blob)
+    m, streams = split(blob)
     edit(m)
     with pytest.raises(DecodeError, match=message):
-        decoder.decode(fuzz.join(m, streams))
+        decoder.decode(join(m, streams))
 
 
 def test_trailing_stream_data_is_refused_in_every_codec():
@@ -240,28 +242,28 @@ def test_trailing_stream_data_is_refused_in_every_codec():
                                                          passthrough=np.linspace(-1, 1, 64, dtype=np.float32))])
              for c in fuzz.CODECS}
     for b in blobs.values():
-        m, streams = fuzz.split(b)
+        m, streams = split(b)
         j = m["T"][-1]["p"][0]
         streams[j] += b"\x00\x01\x02\x03"
         with pytest.raises(DecodeError, match="cleanly|corrupt|not 256|decodes to"):
-            decoder.decode(fuzz.join(m, streams))
+            decoder.decode(join(m, streams))
 
 
 def test_absurd_sizes_are_refused_before_allocation(blob):
-    m, streams = fuzz.split(blob)
+    m, streams = split(blob)
     for shape in ([2**20, 2**20], [2**40], [2**27, 2], [2**15, 2**15, 2**15]):
         mm = json.loads(json.dumps(m))
         mm["T"][0]["s"] = shape
         tracemalloc.start()
         with pytest.raises(DecodeError, match="too many|bad|lengths|work"):
-            decoder.decode(fuzz.join(fuzz.reconcile(mm), streams))  # the stream table made to agree
+            decoder.decode(join(reconcile(mm), streams))  # the stream table made to agree
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         assert peak < 16 << 20
     head = bytearray(blob[:-decoder.DIGEST])
     head[9:13] = (2**31).to_bytes(4, "little")
     with pytest.raises(DecodeError, match="manifest length"):
-        decoder.decode(fuzz.with_digest(bytes(head)))
+        decoder.decode(with_digest(bytes(head)))
 
 
 def test_foreign_files_are_refused(tmp_path):

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from analysis.cli import main
-from artifact import fuzz
+from artifact.fuzz_cases import join, split
 from artifact.container import TensorEntry, read_manifest_checked
 from artifact.runtime.errors import ArtifactError
 from artifact.pack import pack_state_dict
@@ -135,10 +135,10 @@ def test_tensor_hash_mismatch_is_an_error_even_with_a_valid_checksum(scratch_cop
     # Edit the manifest's hash of one tensor and rebuild the header and trailer (and drop
     # submission.json): only the per-tensor hash check can notice.
     blob = scratch_copy / "model.blob"
-    manifest, streams = fuzz.split(blob.read_bytes())
+    manifest, streams = split(blob.read_bytes())
     victim = manifest["T"][0]
     victim["h"] = "0" * 16
-    blob.write_bytes(fuzz.join(manifest, streams))
+    blob.write_bytes(join(manifest, streams))
     (scratch_copy / MARKER).unlink()
     with pytest.raises(VerifyError, match=f"tensor {victim['n']}: hash mismatch"):
         run_verify(scratch_copy)
