@@ -41,7 +41,7 @@ from artifact.submission import BLOB, write_submission
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _DECODE_SCRIPT = ("import json,sys; from artifact.runtime.decoder import decode, tensor_hash; "
-                  "print(json.dumps({n: tensor_hash(w) for n, w in decode(sys.argv[1]).items()}))")
+                  "print(json.dumps({n: tensor_hash('', n, '', w) for n, w in decode(sys.argv[1]).items()}))")
 
 
 def build_checkpoint(layers: int, dim: int, vocab: int, seed: int, sgd_steps: int, tokens: np.ndarray):
@@ -77,7 +77,7 @@ def _verify_fresh(blob_path: Path, packed) -> float:
     if proc.returncode != 0:
         raise ArtifactError(f"bench-fit: fresh-process decode failed: {proc.stderr[-2000:]}")
     got = json.loads(proc.stdout.strip().splitlines()[-1])
-    want = {n: tensor_hash(w.numpy()) for n, w in packed.dequantized.items()}
+    want = {n: tensor_hash("", n, "", w.numpy()) for n, w in packed.dequantized.items()}
     if got != want:
         bad = sorted(n for n in want if got.get(n) != want[n])[:5]
         raise ArtifactError(f"bench-fit: decoded tensors differ from the packed ones: {bad}")

@@ -8,13 +8,26 @@ the tool's own errors (`GolfError`) into one clear line and a non-zero exit, nev
 from __future__ import annotations
 
 import os
+import signal
+import sys
+
+
+def _interrupted_while_starting(signum, frame):
+    # Ctrl-C while the imports below load (seconds, torch): one line, not a traceback.
+    sys.stderr.write("golf: interrupted\n")
+    os._exit(130)
+
+
+try:  # only the main thread may set handlers; elsewhere the default stays
+    _previous_sigint = signal.signal(signal.SIGINT, _interrupted_while_starting) or signal.default_int_handler
+except ValueError:
+    _previous_sigint = None
 
 # Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning threads
 # made torch steps up to 10x slower. Must be set before torch is first imported (below).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
-import sys  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from importlib.metadata import PackageNotFoundError, version  # noqa: E402
 from typing import Callable  # noqa: E402
@@ -23,6 +36,9 @@ from analysis import (cmd_bench, cmd_data, cmd_eval, cmd_export, cmd_fit, cmd_pa
                       cmd_report, cmd_train)
 from analysis.cliutil import configure  # noqa: E402
 from artifact.runtime.errors import GolfError  # noqa: E402
+
+if _previous_sigint is not None:  # started: Ctrl-C is KeyboardInterrupt again, which main() reports
+    signal.signal(signal.SIGINT, _previous_sigint)
 
 
 @dataclass(frozen=True)
@@ -72,12 +88,15 @@ COMMANDS = (
             cmd_pack.add_inspect_arguments, cmd_pack.run_inspect,
             "Scheme, bytes and bits per weight of every tensor, and totals, read from the blob's "
             "manifest (no checkpoint needed)."),
-    Command("verify", "run a submission in a fresh process, count its bytes, score it",
+    Command("verify", "run a submission contained, re-score it, count its bytes: FITS / OVER",
             cmd_pack.add_verify_arguments, cmd_pack.run_verify,
-            "Copy the submission to a clean folder, run its run.py in a fresh Python that cannot "
-            "import this project, check every tensor hash, count the shipped bytes against the "
-            "budget and score val_bpb. Exit 0 FITS, 1 OVER, 2 error or mismatch. This executes the "
-            "submission's code."),
+            "THIS EXECUTES THE SUBMISSION'S CODE (its run.py), contained: a copy of exactly the counted "
+            "files runs in a fresh Python with a scrubbed environment, a temporary HOME, memory, CPU-time "
+            "and file-size caps, no network, writes only in its own folder (as far as this OS allows; "
+            "the output says what held) and no imports from this project. golf decodes model.blob with "
+            "its own decoder, checks that the state the run scored is exactly those weights, re-scores "
+            "them with its own eval and requires the run's figures to match; a golf submission.json's "
+            "file hashes must match too. Exit 0 FITS, 1 OVER, 2 error or mismatch."),
     Command("fit", "fit a checkpoint into a byte budget at the lowest predicted loss",
             cmd_fit.add_arguments, cmd_fit.run,
             "Measure every tensor's candidates (cached), solve for the lowest predicted loss under the "
@@ -127,6 +146,13 @@ COMMANDS = (
             "Time the multiple-choice knapsack solver on a random instance at three budgets and print, "
             "per budget, the seconds, whether the answer is proven optimal, its gap to the bound and "
             "the bytes left unused."),
+    Command("fuzz", "mutate real artifacts of every codec and decode each in a limited worker",
+            cmd_bench.add_fuzz_arguments, cmd_bench.run_fuzz,
+            "Bit flips, truncations, appended bytes, edited manifest fields (checksums recomputed), "
+            "swapped sections and size bombs of small real blobs of every stream codec, each decoded "
+            "in a worker with time and memory limits; prints the cases per mutation kind and outcome "
+            "(clean error / identical output / silent difference / crash / hang / memory) and the "
+            "worst decodes. Exit 1 if any case lands in the last four."),
 )
 
 
@@ -156,8 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        print("golf: interrupted", file=sys.stderr)
+        return 130
     if not getattr(args, "run", None):
         # A bare `golf` or `golf data` prints the relevant help.
         (getattr(args, "help_parser", None) or parser).print_help()

@@ -1,6 +1,6 @@
-"""`golf bench-fit`, `golf bench-pack`, `golf bench-codecs`, `golf bench-solve`: benchmarks that
-print tables (the work: analysis.bench_fit, analysis.bench_pack, analysis.bench_codecs,
-artifact.solve.bench_solve)."""
+"""`golf bench-fit`, `golf bench-pack`, `golf bench-codecs`, `golf bench-solve`, `golf fuzz`:
+benchmarks that print tables (the work: analysis.bench_fit, analysis.bench_pack,
+analysis.bench_codecs, artifact.solve.bench_solve, artifact.fuzz)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ from analysis.bench_fit import text as fit_bench_text
 from analysis.bench_pack import BenchShape, format_table
 from analysis.bench_pack import run_bench as run_pack_bench
 from analysis.cliutil import Meter, add_json_flag, emit, say
+from artifact import fuzz
 from artifact.runtime.files import atomic_write_json
 from artifact.solve import bench_solve
+from train.bundled import BUNDLED_CHECKPOINT
 
 
 # ----------------------------------------------------------------------------- bench-fit
@@ -105,3 +107,51 @@ def run_solve(args) -> int:
     worst = bench_solve(args.tensors, args.candidates, args.seed, log=lines.append)
     emit({"lines": lines, "worst_seconds": worst}, args.json, lambda r: "\n".join(r["lines"]))
     return 0
+
+
+# ----------------------------------------------------------------------------- fuzz
+def add_fuzz_arguments(p) -> None:
+    p.add_argument("checkpoint", nargs="?", default=None, metavar="CKPT",
+                   help="checkpoint whose tensors make the corpus blobs (default: the bundled checkpoint)")
+    p.add_argument("--cases", type=int, default=20_000, metavar="N", help="mutated blobs to decode (default: 20,000)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed: case i depends on (seed, i) only (default: 0)")
+    jobs = min(2, os.cpu_count() or 1)
+    p.add_argument("--jobs", type=int, default=jobs, metavar="N", help=f"worker processes (default: {jobs})")
+    add_json_flag(p)
+
+
+def run_fuzz(args) -> int:
+    blobs = fuzz.corpus(args.checkpoint or BUNDLED_CHECKPOINT)
+    report = fuzz.run_fuzz(blobs, args.cases, args.seed, args.jobs, progress=Meter("fuzz"))
+    result = report.to_dict() | {"small_blobs": fuzz.measure_blobs(fuzz.small_blob_bombs())}
+    emit(result, args.json, _fuzz_text)
+    return 1 if report.failed else 0
+
+
+def _fuzz_text(r: dict) -> str:
+    kinds, outcomes = fuzz.KINDS, fuzz.OUTCOMES
+    width = max(len(k) for k in kinds) + 2
+    lines = [f"{'mutation':<{width}}" + "".join(f"{o:>19}" for o in outcomes) + f"{'cases':>9}"]
+    for kind in kinds:
+        row = r["counts"][kind]
+        lines.append(f"{kind:<{width}}" + "".join(f"{row[o]:>19,}" for o in outcomes) + f"{sum(row.values()):>9,}")
+    totals = {o: sum(r["counts"][k][o] for k in kinds) for o in outcomes}
+    lines.append(f"{'all':<{width}}" + "".join(f"{totals[o]:>19,}" for o in outcomes) + f"{r['cases']:>9,}")
+    w = r["worst"]
+    for key, label, fmt in (("cpu_s", "slowest decode", lambda v: f"{v:.3f} s CPU"),
+                            ("peak_bytes", "largest peak", lambda v: f"{v / 2**20:.1f} MiB")):
+        for scope in ("", "small "):
+            x = w.get(scope + key)
+            if x:
+                lines.append(f"{scope + label:<22} {fmt(x['value'])}  (case {x['index']}, {x['kind']}, "
+                             f"{x['blob_bytes']:,} B blob)")
+    lines += ["", "hand-made small blobs (fresh worker each):"]
+    for b in r["small_blobs"]:
+        peak = "n/a" if b["peak_bytes"] is None else f"{b['peak_bytes'] / 2**20:.1f} MiB"
+        lines.append(f"  {b['blob']:<46} {b['bytes']:>6,} B  {b['outcome']:<12} {b['cpu_s'] or 0:.3f} s CPU  "
+                     f"peak +{peak}  {b['detail'][:60]}")
+    for f in r["failures"][:10]:
+        lines.append(f"FAILED case {f['index']} ({f['kind']}, {f['corpus']}): {f['outcome']}: {f['detail']}")
+    lines.append(f"{r['cases']:,} cases in {r['seconds']:.1f} s (seed {r['seed']}): "
+                 + ("no failures" if not r["failed"] else f"{r['failed']} FAILURES"))
+    return "\n".join(lines)

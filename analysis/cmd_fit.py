@@ -26,7 +26,7 @@ from analysis.report import load_fit_tables, write_report
 from artifact.budget import resolve_budget
 from artifact.container import inspect as inspect_blob
 from artifact.measure import Choice
-from artifact.pipeline import EvalSetup, fit_checkpoint, prepare, score
+from artifact.pipeline import FIT_FORMAT, EvalSetup, check_fit_out, fit_checkpoint, prepare, score
 from artifact.recipe import load_recipe
 from artifact.runtime.errors import ConfigError, GolfError
 from artifact.runtime.files import atomic_write_json
@@ -92,6 +92,8 @@ def run(args) -> int:
     pins = parse_pins(args.pin)
     val_data = args.data or BUNDLED_DATA
     spec = model_spec(args)
+    if not args.dry_run:
+        check_fit_out(args.out)  # before minutes of measuring
     skip = {"verify", "compare", "report"} if args.dry_run else set() if args.compare else {"compare"}
     stages = Stages([s for s in FIT_STAGES if s not in skip], "fit")
     p = prepare(args.checkpoint or BUNDLED_CHECKPOINT, val_data, args.cache, progress=stages.meter, jobs=args.jobs,
@@ -170,7 +172,7 @@ def unquantized_reference(p: dict, run: dict, val_data, max_tokens: int | None) 
 def write_fit_folder(out: Path, result: dict, candidates: list[dict]) -> None:
     """fit.json + tensors.csv + candidates.csv, then the report (CSV, Markdown, self-contained
     HTML with plots)."""
-    atomic_write_json(out / "fit.json", result, indent=1)
+    atomic_write_json(out / "fit.json", {"format": FIT_FORMAT, **result}, indent=1)
     write_csv(out / "tensors.csv", CSV_COLUMNS, result["tensors"])
     write_csv(out / "candidates.csv", CANDIDATE_COLUMNS, candidates)
     paths = write_report(out, load_fit_tables(out))

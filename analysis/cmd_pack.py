@@ -22,6 +22,7 @@ from analysis.cliutil import (Meter, add_code_file_flag, add_code_form_flags, ad
                               default_budget, emit, model_spec, say_model)
 from analysis.cmd_eval import add_device_flag, add_ttt_flags, ttt_config_from_args
 from artifact.budget import resolve_budget
+from artifact.contain import Limits
 from artifact.container import inspect as inspect_blob
 from artifact.pipeline import pack_checkpoint
 from artifact.runtime.errors import ArtifactError
@@ -66,7 +67,7 @@ def run_pack(args) -> int:
               "tensors": report["tensors"], "blob": report["totals"],
               "bytes": done.count.to_dict(), "files": done.written["files"]}
     emit(result, args.json, _pack_text)
-    return 0
+    return 0 if done.count.fits else 1
 
 
 def _num(value) -> str:
@@ -99,6 +100,9 @@ def _pack_text(r: dict) -> str:
         f"headroom {b['headroom']:,}",
         f"wrote        {r['out']}  (prove it: golf verify {r['out']})",
     ]
+    if not b["fits"]:
+        lines.append(f"OVER total={b['total_bytes']} limit={b['limit']} over_by={-b['headroom']} "
+                     f"({b['budget']}): the submission does not fit its budget")
     return "\n".join(lines)
 
 
@@ -160,6 +164,10 @@ def add_verify_arguments(p) -> None:
     add_device_flag(p)
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
                    help=f"seconds before the run is abandoned (default: {DEFAULT_TIMEOUT_S:.0f})")
+    p.add_argument("--max-memory", type=float, default=None, metavar="GB",
+                   help="memory cap of the submission's process, GB (default: 3/4 of this machine's RAM)")
+    p.add_argument("--max-cpu", type=int, default=None, metavar="SECONDS",
+                   help="CPU-time cap of the submission's process (default: timeout x CPU count)")
     add_code_file_flag(p, packs=False)
     add_json_flag(p)
 
@@ -174,28 +182,39 @@ def _recorded_budget(folder: Path) -> str | None:
 def run_verify(args) -> int:
     folder = Path(args.dir)
     budget = resolve_budget(args.budget or _recorded_budget(folder))
+    limits = Limits(args.timeout, int(args.max_memory * 1e9) if args.max_memory else None, args.max_cpu)
     try:
         result = verify(folder, budget, args.data or BUNDLED_DATA, seq_len=args.seq_len, stride=args.stride,
                         max_tokens=args.max_tokens, device=args.device, timeout=args.timeout,
-                        code_files=args.code_file, progress=Meter("verify"))
+                        code_files=args.code_file, progress=Meter("verify"), limits=limits)
     except VerifyError as e:
-        emit({"verdict": "ERROR", "error": str(e), "line": f"ERROR {e}"}, args.json, lambda r: r["line"])
+        line = "ERROR " + " ".join(str(e).split())  # one line, whatever the run printed
+        emit({"verdict": "ERROR", "error": str(e), "line": line}, args.json, lambda r: r["line"])
         return 2
     emit(result.to_dict(), args.json, _verify_text)
     return 0 if result.fits else 1
 
 
 def _verify_text(r: dict) -> str:
-    run, b = r["run"], r["bytes"]
+    run, b, c = r["run"], r["bytes"], r["containment"]
     files = ", ".join(f"{f['path']} {f['bytes']:,}" for f in b["files"] if f["role"] != "not counted")
+    left_out = [f["path"] for f in b["files"] if f["role"] == "not counted"]
     where = [os.path.commonpath(list(run["modules"].values()))] if run["modules"] else []
     mode = run["mode"] + (f" stride {run['stride']}" if run.get("stride") else "")
+    fences = "; ".join(f"{k} {v}" for k, v in c.items() if k not in ("not enforced", "memory_bytes", "cpu_seconds",
+                                                                       "file_bytes"))
     return "\n".join([
-        f"counted      {files}",
+        f"counted      {files}" + (f" (not counted, not run: {', '.join(left_out)})" if left_out else ""),
+        f"packed       {'submission.json: every counted file is what golf packed' if r['packed_by_golf'] else 'no golf submission.json: file hashes not checked'}",
+        f"contained    memory {c.get('memory_bytes', 0) / 1e9:.1f} GB, CPU {c.get('cpu_seconds', 0):,} s, files "
+        f"{c.get('file_bytes', 0) / 1e9:.1f} GB; {fences}",
+        *([f"NOT ENFORCED {', '.join(c['not enforced'])}"] if c.get("not enforced") else []),
         f"decoded      {run['n_tensors']} tensors, every hash verified, in {run['decode_seconds']:.2f} s",
         f"modules      {len(run['modules'])} project modules, all from the clean copy ({', '.join(where)})",
         f"scored       {run['tokens']:,} tokens / {run['bytes']:,} bytes, {mode} seq_len {run['seq_len']} on "
         f"{run['device']} in {run['eval_seconds']:.1f} s: val_loss {run['val_loss']:.6f}",
+        f"re-scored    by golf's own decoder and eval: the state run.py scored is model.blob's (digest "
+        f"{r['score']['digest'][:12]}…), val_bpb {r['score']['val_bpb']:.8f} matches",
         *(_verify_ttt_lines(run) if run.get("ttt") else []),
         r["line"],
     ])

@@ -13,6 +13,7 @@ byte-identical blob.
 Reading goes through the shipped decoder; its `DecodeError` becomes `ArtifactError` here.
 """
 
+import hashlib
 import json
 import math
 import zlib
@@ -21,11 +22,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from artifact import codec as codecs
-from artifact.runtime.decoder import (DecodeError, apply_lqer, bf16_to_float32, decode, dequantize, read_manifest,
-                                      tensor_hash, tensor_parts)
+from artifact.runtime.decoder import (DecodeError, apply_lqer, bf16_to_float32, decode, dequantize,
+                                      read_manifest, tensor_hash, tensor_parts)
 from artifact.runtime.errors import ArtifactError
 from artifact.runtime.files import atomic_write
-from artifact.runtime.format import (BITS, CODES, DTYPE, GROUP, HASH, HEAD, LQER, MAGIC, NAME, ORIGINAL_DTYPES,
+from artifact.runtime.format import (BITS, CODES, DIGEST, DTYPE, GROUP, HASH, HEAD, LQER, MAGIC, NAME, ORIGINAL_DTYPES,
                                      PART_TYPES, PASSTHROUGH, QUANT, ROW_ORDER, ROW_ORDER_U2_MAX_ROWS, SCALE_TYPE,
                                      SCALES, SHAPE, STREAMS, TENSORS, TRANSPOSED, VERSION)
 
@@ -181,7 +182,7 @@ def build_blob(entries) -> bytes:
         raise ArtifactError("duplicate tensor names in the artifact entries")
     streams: dict[tuple, list] = {}  # (stream codec, group) -> [index, [arrays]]
     tensors = []
-    for e in entries:
+    for i, e in enumerate(entries):
         t, parts, w = _entry_parts(e)
         if not np.all(np.isfinite(w)):
             _fail(e.name, "decoded weights contain NaN or Inf")
@@ -189,7 +190,7 @@ def build_blob(entries) -> bytes:
             slot = streams.setdefault((spec.stream_codec, group), [len(streams), []])
             slot[1].append(array)
             block[key] = slot[0]
-        t[HASH] = tensor_hash(w)
+        t[HASH] = tensor_hash(f"{i}/{len(entries)}", e.name, t[DTYPE], w)
         tensors.append(t)
     table, data = [], []
     for (stream_codec, _), (_, arrays) in streams.items():
@@ -197,13 +198,29 @@ def build_blob(entries) -> bytes:
         comp = codecs.compress_stream(stream_codec, raw)
         table.append([stream_codec, len(raw), len(comp)])
         data.append(comp)
-    manifest = json.dumps({STREAMS: table, TENSORS: tensors}, separators=(",", ":")).encode()
+    m = {STREAMS: table, TENSORS: tensors}
+    blob = assemble_blob(m, b"".join(data))
+    try:  # the decoder's own bounds: a blob it would refuse is never written
+        read_manifest(blob)
+    except DecodeError as e:
+        raise ArtifactError(f"cannot write this artifact: {e}") from None
+    return blob
+
+
+def assemble_blob(manifest: dict, streams: bytes) -> bytes:
+    """Header + packed manifest + the streams' bytes + the SHA-256 trailer (the layout of
+    artifact/docs/container.md), for a manifest whose stream table matches `streams`."""
+    raw = json.dumps(manifest, separators=(",", ":")).encode()
     c = zlib.compressobj(9, zlib.DEFLATED, -15)
-    packed = c.compress(manifest) + c.flush()
-    head = MAGIC + bytes([VERSION]) + len(packed).to_bytes(4, "little") + len(manifest).to_bytes(4, "little")
+    packed = c.compress(raw) + c.flush()
+    head = MAGIC + bytes([VERSION]) + len(packed).to_bytes(4, "little") + len(raw).to_bytes(4, "little")
     assert len(head) == HEAD
-    body = head + packed + b"".join(data)
-    return body + zlib.crc32(body).to_bytes(4, "little")
+    return with_digest(head + packed + streams)
+
+
+def with_digest(body: bytes) -> bytes:
+    """`body` followed by its trailer: the first DIGEST bytes of its SHA-256."""
+    return body + hashlib.sha256(body).digest()[:DIGEST]
 
 
 def write_artifact(entries, path) -> int:

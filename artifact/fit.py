@@ -29,7 +29,7 @@ from artifact.runtime.files import atomic_write_json, read_json_or_none
 from artifact.measure import Choice, Measurement, cache_key, pin_matches
 from artifact.pack import PackResult, pack_state_dict
 from artifact.recipe import CalibrationConfig, Recipe, parse_recipe
-from artifact.solve import Solution, solve
+from artifact.solve import Infeasible, Solution, solve
 from artifact.submission import plan_files
 
 MAX_ROUNDS = 6
@@ -209,7 +209,23 @@ def fit(state_dict, measurement: Measurement, budget: Budget, code_bytes: int, h
     rounds: list[dict] = []
     tried: dict[tuple, tuple] = {}
     for r in range(MAX_ROUNDS):
-        sol = solve(cands, budget.bytes, fixed={"code": code_bytes, "container": residual}, pins=pin_of, names=names)
+        try:
+            sol = solve(cands, budget.bytes, fixed={"code": code_bytes, "container": residual}, pins=pin_of,
+                        names=names)
+        except Infeasible:
+            # The container bytes were an estimate: the smallest allowed choice, packed for real,
+            # either frees room for another round or is the honest figure to report.
+            smallest = _smallest_choice(measurement, pin_of)
+            _, blob, _ = packer.pack(smallest)
+            real_residual = len(blob) - _chosen_bytes(measurement, smallest)
+            if real_residual < residual:
+                residual = real_residual
+                continue
+            raise ArtifactError(
+                f"budget of {budget.bytes:,} bytes is infeasible: every tensor at its smallest"
+                f"{' allowed' if pins else ''} candidate packs to {len(blob) + code_bytes:,} bytes as written "
+                f"({len(blob):,} blob + {code_bytes:,} code); the fit cannot get below about that "
+                f"(another choice may pack a few bytes smaller)") from None
         choices = dict(zip(names, sol.labels))
         predicted = sol.total_bytes
         if dry_run:
@@ -234,8 +250,35 @@ def fit(state_dict, measurement: Measurement, budget: Budget, code_bytes: int, h
         if nxt == residual or (real <= budget.bytes and budget.bytes - real <= max(16, budget.bytes // 2000)):
             break
         residual = nxt
-    if best is None:
-        raise ArtifactError(f"fit: no packed choice fitted {budget.bytes:,} bytes after {len(rounds)} rounds "
-                            f"(last real total {rounds[-1]['real_total']:,})")
+    if best is None:  # the smallest allowed choice, when it fits, is the answer of last resort
+        best = _smallest_fit(cands, names, measurement, pin_of, packer, budget, code_bytes)
+        if best is None:
+            raise ArtifactError(f"fit: no packed choice fitted {budget.bytes:,} bytes after {len(rounds)} rounds "
+                                f"(last real total {rounds[-1]['real_total']:,})")
+        rounds.append({"round": len(rounds) + 1, "residual_assumed": None, "predicted_total": best.predicted_total,
+                       "real_total": best.real_total, "real_residual": None, "predicted_loss": best.predicted_loss})
+        if log is not None:
+            log(f"fit: fallback: every tensor at its smallest candidate, real {best.real_total:,} B "
+                f"(limit {budget.bytes:,})")
     best.rounds = rounds
     return best
+
+
+def _smallest_choice(measurement: Measurement, pin_of: dict) -> dict[str, str]:
+    """Every tensor at its smallest (allowed) candidate."""
+    return {n: min((l for l in t.candidates if n not in pin_of or pin_of[n](l)),
+                   key=lambda l, t=t: (t.candidates[l]["bytes"], l))
+            for n, t in measurement.tensors.items()}
+
+
+def _smallest_fit(cands, names, measurement, pin_of, packer, budget: Budget, code_bytes: int) -> FitResult | None:
+    """The smallest allowed choice as a FitResult when its real pack fits the budget, else None."""
+    smallest = _smallest_choice(measurement, pin_of)
+    packed, blob, recipe = packer.pack(smallest)
+    real = len(blob) + code_bytes
+    if real > budget.bytes:
+        return None
+    only = {n: (lambda label, want=want: label == want) for n, want in smallest.items()}
+    residual = len(blob) - _chosen_bytes(measurement, smallest)
+    sol = solve(cands, budget.bytes, fixed={"code": code_bytes, "container": residual}, pins=only, names=names)
+    return FitResult(smallest, sol, recipe, code_bytes, sol.total_bytes, sol.total_loss, real, len(blob), packed)

@@ -28,8 +28,8 @@ from artifact.models import LoadedModel, ModelSpec, load_model
 from artifact.pack import PackResult, calibrate_for_recipe, pack_state_dict, recipe_needs_hessians
 from artifact.recipe import CalibrationConfig, Recipe, load_recipe, parse_recipe
 from artifact.runtime.contract import mean_loss, model_vocab, require_per_token
-from artifact.runtime.errors import ArtifactError, ConfigError
-from artifact.runtime.files import atomic_write, atomic_writer
+from artifact.runtime.errors import ArtifactError, ConfigError, DataError
+from artifact.runtime.files import atomic_write, atomic_writer, check_writable, file_sha256, read_json_or_none
 from artifact.runtime.progress import Progress
 from artifact.runtime.scoring import EvalResult, ValStream, eval_flat, eval_sliding, val_stream
 from artifact.runtime.shards import load_tokens, resolve_data
@@ -94,6 +94,8 @@ def prepare(checkpoint, data, cache: str | Path | None = None, grid: Grid | None
     cache. Returns a dict with loaded (the LoadedModel), model, cfg (golf's GPT's ModelConfig,
     else None), meta, state, hessians, calibration, measurement, data (paths) and seq_len (the
     training seq_len)."""
+    if cache:
+        check_writable(cache, "measurement cache")
     loaded = load_model(checkpoint, model)
     net, state, seq_len = loaded.model, loaded.state, loaded.seq_len
     paths = resolve_data(data, vocab_size=loaded.vocab_size)
@@ -168,6 +170,32 @@ class FitRun:
     extra: dict = field(default_factory=dict)
 
 
+FIT_FORMAT = "golf-fit"  # fit.json's "format": marks a folder a fit wrote (and may write again)
+FIT_FILES = ("fit.json", "tensors.csv", "candidates.csv", "recipe.toml", "report.csv", "report.md", "report.html",
+             "submission")
+
+
+def is_fit_folder(folder: str | Path) -> bool:
+    """Whether `folder` holds a previous fit: its fit.json says so (or, from before the marker,
+    has a fit's fields)."""
+    record = read_json_or_none(Path(folder) / "fit.json")
+    return isinstance(record, dict) and (record.get("format") == FIT_FORMAT
+                                         or {"budget", "tensors", "rounds"} <= set(record))
+
+
+def check_fit_out(out: str | Path) -> None:
+    """Refuse (ArtifactError) an OUT that exists and is neither empty nor a previous fit: a fit
+    writes recipe.toml, fit.json, reports and submission/ there, and must not overwrite a
+    user's files of those names."""
+    out = Path(out)
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ArtifactError(f"{out}: exists and is not a folder; refusing to write a fit there")
+    if out.is_dir() and any(out.iterdir()) and not is_fit_folder(out):
+        clash = sorted(p.name for p in out.iterdir() if p.name in FIT_FILES)
+        raise ArtifactError(f"{out}: folder exists and is not a previous fit (no fit.json of format {FIT_FORMAT!r})"
+                            + (f"; it holds {', '.join(clash)}" if clash else "") + "; refusing to write into it")
+
+
 def fit_checkpoint(prepared: dict, budget: Budget, out: str | Path, val_data, pins: dict[str, str] | None = None,
                    dry_run: bool = False, compact: bool = True, max_tokens: int | None = None,
                    budget_label: str | None = None, log: Log | None = None, code_files=(),
@@ -180,6 +208,7 @@ def fit_checkpoint(prepared: dict, budget: Budget, out: str | Path, val_data, pi
     out = Path(out)
     sub_dir = out / "submission"
     if not dry_run:
+        check_fit_out(out)
         check_out_dir(sub_dir)  # refuse before minutes of packing, not after
     stage = progress or (lambda name: None)
     stage("solve")
@@ -233,6 +262,8 @@ def pack_checkpoint(checkpoint, recipe: str | Path | Recipe, out: str | Path, da
     labels the folder and counts it; its code files and `code_files` ship beside run.py."""
     budget_obj = resolve_budget(budget)
     check_out_dir(out)  # refuse before minutes of packing, not after
+    if data is not None and not Path(data).is_dir():  # even when the recipe calibrates on nothing
+        raise DataError(f"{data}: no such data folder")
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     loaded = load_model(checkpoint, model)
     extra = shipped_files(loaded, budget_obj, code_files)
@@ -251,7 +282,7 @@ def pack_checkpoint(checkpoint, recipe: str | Path | Recipe, out: str | Path, da
     info = {
         "recipe": recipe.name,
         "budget": str(budget) if budget is not None else budget_obj.name,
-        "checkpoint": {"path": str(checkpoint), "file": loaded.weights.name, "sha256": _file_sha256(loaded.weights)},
+        "checkpoint": {"path": str(checkpoint), "file": loaded.weights.name, "sha256": file_sha256(loaded.weights)},
         "model": loaded.report(),
         "calibration_data": calib_data,
         "predicted_tensor_bytes": _predicted_bytes(packed.rows),
@@ -260,14 +291,6 @@ def pack_checkpoint(checkpoint, recipe: str | Path | Recipe, out: str | Path, da
     written = write_submission(out, packed.entries, loaded.section, eval_defaults, compact=compact, info=info,
                                extra_files=extra)
     return PackRun(packed, written, count_submission(out, budget_obj, code_files), eval_defaults, info, loaded)
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _plain(value):

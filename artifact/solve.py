@@ -279,6 +279,14 @@ def _exact(fronts, lam, lam_grid, cap, best_loss, tol, max_states, max_work, bea
     return pos, exhaustive
 
 
+class Infeasible(ConfigError):
+    """No choice of candidates fits the budget; `least` is the smallest total they can make."""
+
+    def __init__(self, message: str, least: int):
+        super().__init__(message)
+        self.least = least
+
+
 def smallest_total_bytes(tensors, fixed: int | Mapping[str, int] = 0, pins: Mapping | None = None,
                          names: Sequence[str] | None = None) -> int:
     """The least total size any choice can reach (Σ cheapest allowed candidate + fixed)."""
@@ -320,8 +328,8 @@ def solve(tensors: Sequence[Sequence] | Mapping[str, Sequence], budget: int,
       or a single allowed label}; only those candidates are considered for that tensor.
     exact: run the exact stage. max_states / max_work cap its exhaustive part (deterministic work
       counts, no clocks); past them it goes on as a beam search of width `beam`, unproven.
-    Raises ConfigError for malformed input, a pin allowing nothing, or an infeasible budget
-    (the message states the smallest achievable total size).
+    Raises ConfigError for malformed input or a pin allowing nothing, and `Infeasible` (a
+    ConfigError) for a budget below the smallest total of the candidates (which it states).
     """
     fronts, labels = _prepare(tensors, pins, names)
     budget = _whole_bytes(budget, "budget")
@@ -329,10 +337,10 @@ def solve(tensors: Sequence[Sequence] | Mapping[str, Sequence], budget: int,
     cap = budget - fixed_b  # bytes available to the tensors
     least = sum(int(f.b[0]) for f in fronts)
     if least > cap:
-        raise ConfigError(
-            f"budget of {budget:,} bytes is infeasible: the smallest achievable total size is "
+        raise Infeasible(
+            f"budget of {budget:,} bytes is infeasible: the smallest total of these candidates is "
             f"{least + fixed_b:,} bytes ({least:,} for {len(fronts)} tensors at their smallest"
-            f"{' allowed' if pins else ''} configuration + {fixed_b:,} fixed)")
+            f"{' allowed' if pins else ''} configuration + {fixed_b:,} fixed)", least + fixed_b)
     pos, lam, slopes, split = _lagrangian(fronts, cap)
     lower = math.fsum(float(np.min(f.l + lam * f.b)) for f in fronts) - lam * cap
     loss_of = lambda p: math.fsum(float(f.l[i]) for f, i in zip(fronts, p))

@@ -94,18 +94,19 @@ def test_control_and_unknown_ids_are_zero_byte_boundaries(tok, counter):
     assert counter.count(np.array([the, 0]), np.array([BOS, BOS])).tolist() == [0, 0]
 
 
-def test_ids_beyond_the_tokenizer_are_boundaries_and_beyond_the_table_an_error(tok):
+def test_a_padded_model_vocab_is_fine_but_ids_without_a_piece_are_an_error(tok):
+    # A model may pad its vocabulary beyond the tokenizer's pieces; an id without a piece has no
+    # known bytes, so counting it (as 0 bytes, which would lower val_bpb) is refused.
     sp = tok[1]
     wide = ByteCounter.from_sentencepiece(tok[0], VOCAB + 64)  # a model with a padded vocab
     assert wide.table_size == VOCAB + 64 and wide.tokenizer_vocab == VOCAB
-    the, pad_id = piece_id(sp, "\u2581the"), VOCAB + 5
-    assert wide.boundary[pad_id] and wide.base[pad_id] == 0 and not wide.space[pad_id]
-    assert wide.count(np.array([pad_id]), np.array([the]))[0] == 3  # a boundary: no space byte
-    assert wide.count(np.array([the]), np.array([pad_id]))[0] == 0
-    with pytest.raises(DataError, match=f"token id {VOCAB + 64}"):
-        wide.count(np.array([the]), np.array([VOCAB + 64]))
-    with pytest.raises(DataError, match="previous token id"):
-        wide.count(torch.tensor([VOCAB + 99]), torch.tensor([the]))
+    the = piece_id(sp, "\u2581the")
+    assert wide.count(np.array([the]), np.array([the]))[0] == 4
+    for bad in (VOCAB, VOCAB + 5, VOCAB + 64):
+        with pytest.raises(DataError, match=f"target token id {bad} has no piece in this tokenizer"):
+            wide.count(np.array([the]), np.array([bad]))
+    with pytest.raises(DataError, match=f"previous token id {VOCAB + 5} has no piece"):
+        wide.count(torch.tensor([VOCAB + 5]), torch.tensor([the]))
 
 
 def test_tokenizer_larger_than_model_vocab_is_refused(tok, tmp_path):

@@ -159,10 +159,10 @@ def test_infeasible_budget_names_smallest_size():
     assert least == 40 + 25 + 1007
     sol = solve(inst, least, fixed=fixed)  # exactly tight
     assert sol.total_bytes == least and sol.choice == (1, 1) and sol.slack == 0
-    with pytest.raises(ConfigError, match="smallest achievable total size is 1,072 bytes"):
+    with pytest.raises(ConfigError, match="smallest total of these candidates is 1,072 bytes"):
         solve(inst, least - 1, fixed=fixed)
     # pins raise the floor, and the error says so
-    with pytest.raises(GolfError, match="smallest achievable total size is 1,132 bytes"):
+    with pytest.raises(GolfError, match="smallest total of these candidates is 1,132 bytes"):
         solve(inst, least, fixed=fixed, pins={0: "a", 1: {"d"}})
 
 

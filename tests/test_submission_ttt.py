@@ -69,8 +69,10 @@ def ttt_result(ttt_plain):
 
 @pytest.fixture
 def scratch_copy(ttt_plain, tmp_path) -> Path:
+    """A copy to edit; without golf's submission.json, so that the run itself meets the edit."""
     copy = tmp_path / "sub"
     shutil.copytree(ttt_plain, copy)
+    (copy / MARKER).unlink()
     return copy
 
 

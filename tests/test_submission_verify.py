@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +16,8 @@ import pytest
 import torch
 
 from analysis.cli import main
+from artifact.fuzz_cases import join, split
 from artifact.container import TensorEntry, read_manifest_checked
-from artifact.runtime.decoder import HEAD
 from artifact.runtime.errors import ArtifactError
 from artifact.pack import pack_state_dict
 from artifact.recipe import load_recipe
@@ -130,23 +129,21 @@ def test_tampered_blob_is_an_error(scratch_copy, capsys):
     data[first_stream + 5] ^= 0x10  # one bit inside a tensor stream, nothing fixed up
     blob.write_bytes(bytes(data))
     code, last = cli_verify(scratch_copy, capsys)
+    assert code == 2 and last == "ERROR model.blob: differs from what golf packed (SHA-256 in submission.json)"
+    (scratch_copy / MARKER).unlink()  # without golf's record, golf's decoder still refuses it
+    code, last = cli_verify(scratch_copy, capsys)
     assert code == 2 and last.startswith("ERROR") and "checksum mismatch" in last
 
 
 def test_tensor_hash_mismatch_is_an_error_even_with_a_valid_checksum(scratch_copy):
-    # Edit the manifest's hash of one tensor and rebuild the header and CRC: only the shipped
-    # decoder's per-tensor hash check can notice.
+    # Edit the manifest's hash of one tensor and rebuild the header and trailer (and drop
+    # submission.json): only the per-tensor hash check can notice.
     blob = scratch_copy / "model.blob"
-    data = blob.read_bytes()
-    size = int.from_bytes(data[5:9], "little")
-    manifest = json.loads(zlib.decompress(data[HEAD:HEAD + size], -15))
+    manifest, streams = split(blob.read_bytes())
     victim = manifest["T"][0]
     victim["h"] = "0" * 16
-    raw = json.dumps(manifest, separators=(",", ":")).encode()
-    c = zlib.compressobj(9, zlib.DEFLATED, -15)
-    packed = c.compress(raw) + c.flush()
-    body = data[:5] + len(packed).to_bytes(4, "little") + len(raw).to_bytes(4, "little") + packed + data[HEAD + size:-4]
-    blob.write_bytes(body + zlib.crc32(body).to_bytes(4, "little"))
+    blob.write_bytes(join(manifest, streams))
+    (scratch_copy / MARKER).unlink()
     with pytest.raises(VerifyError, match=f"tensor {victim['n']}: hash mismatch"):
         run_verify(scratch_copy)
 
@@ -161,6 +158,9 @@ def test_over_budget_prints_over_and_exits_1(plain, capsys):
 def test_missing_shipped_module_fails_instead_of_falling_back(scratch_copy, capsys):
     (scratch_copy / RUNTIME_PACKAGE / "model.py").unlink()
     code, last = cli_verify(scratch_copy, capsys)
+    assert code == 2 and "golf_runtime/model.py is listed in submission.json" in last
+    (scratch_copy / MARKER).unlink()  # not packed by golf: the run itself must fail
+    code, last = cli_verify(scratch_copy, capsys)
     # Either the module is simply missing, or (where the project is installed, e.g. editable) the
     # import guard refuses the installed copy: never a silent fallback to the project's model.py.
     assert code == 2 and last.startswith("ERROR")
@@ -171,6 +171,7 @@ def test_import_from_the_project_tree_is_refused(scratch_copy):
     # A run.py that reaches for the installed project instead of its shipped runtime must be
     # stopped by the import guard, not quietly served the repository's modules.
     shutil.rmtree(scratch_copy / RUNTIME_PACKAGE)
+    (scratch_copy / MARKER).unlink()
     entry = scratch_copy / "run.py"
     entry.write_text(f"import sys; sys.path.append({str(PROJECT_ROOT)!r})\n"
                      "from artifact.runtime.run import main\nsys.exit(main())\n")

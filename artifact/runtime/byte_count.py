@@ -11,8 +11,10 @@ plain SentencePiece dataset those bytes come from three tables built off the tok
   bytes_t = base[y] + (space[y] and not boundary[x])     (y = target, x = the token before it)
 
 so a word-initial space costs one byte unless it follows BOS, and BOS as a target costs 0.
-The tables span max(tokenizer vocab, model vocab) ids; ids the tokenizer does not have are
-boundaries worth 0 bytes (a model may pad its vocabulary).
+The tables span max(tokenizer vocab, model vocab) ids (a model may pad its vocabulary), but an
+id the tokenizer has no piece for is an error wherever bytes are counted: its bytes are unknown,
+so data holding one was not tokenized with this tokenizer (counting it as 0 bytes would lower
+val_bpb). `check_tokenizer` applies the same rules as `golf data check` to a val stream.
 
 A CaseOps dataset instead ships a byte side-car (one entry per token: the original bytes that
 token covers), which replaces the tables: the bytes of target token t are side-car entry t.
@@ -35,8 +37,8 @@ SPACE_MARK = "\u2581"  # "▁": SentencePiece's escaped space
 
 @dataclass(frozen=True, eq=False)
 class ByteCounter:
-    """The three byte tables of one tokenizer (see module docstring). Index them with token ids
-    < `table_size`; `tokenizer_vocab` ids are real pieces, the rest are padding."""
+    """The three byte tables of one tokenizer (see module docstring). `tokenizer_vocab` ids are
+    real pieces and the only ones `count` accepts; the rest of `table_size` is a model's padding."""
 
     base: np.ndarray  # int64 (table_size,)
     space: np.ndarray  # bool (table_size,)
@@ -103,7 +105,7 @@ class ByteCounter:
         """Bytes of each target `tgt_ids[i]` preceded by `prev_ids[i]` (same shapes).
 
         Works on numpy arrays (returns int64 numpy) and torch tensors (returns int64 on the
-        tensors' device). Ids outside [0, table_size) raise DataError rather than wrap."""
+        tensors' device). Ids outside [0, tokenizer_vocab) raise DataError (module docstring)."""
         if isinstance(tgt_ids, torch.Tensor) or isinstance(prev_ids, torch.Tensor):
             return self._count_torch(torch.as_tensor(prev_ids), torch.as_tensor(tgt_ids))
         prev = np.asarray(prev_ids)
@@ -140,12 +142,10 @@ class ByteCounter:
         if empty:
             return
         lo, hi = int(ids.min()), int(ids.max())
-        if lo < 0 or hi >= self.table_size:
-            bad = hi if hi >= self.table_size else lo
-            raise DataError(
-                f"{self.source}: {what} token id {bad} is outside the byte tables (size {self.table_size}: "
-                f"tokenizer {self.tokenizer_vocab} pieces); data and tokenizer/model do not match"
-            )
+        if lo < 0 or hi >= self.tokenizer_vocab:
+            bad = hi if hi >= self.tokenizer_vocab else lo
+            raise DataError(f"{self.source}: {what} token id {bad} has no piece in this tokenizer "
+                            f"({self.tokenizer_vocab} pieces): the data was not tokenized with it")
 
     def sequence_bytes(self, tokens) -> np.ndarray:
         """Bytes of every target of a token stream: entry t is target tokens[t+1] after
@@ -156,6 +156,19 @@ class ByteCounter:
         if arr.size < 2:
             return np.zeros(0, dtype=np.int64)
         return self.count(arr[:-1], arr[1:])
+
+
+def check_tokenizer(counter: ByteCounter, tokens, declared: int | None, where: str) -> None:
+    """The tokenizer must be the one `tokens` (a val stream, from the dataset `where`) was made
+    with, by the rules of `golf data check`: as many pieces as the dataset declares (its folder's
+    `_sp<V>`, when it says) and a piece for every id. One DataError, never a score."""
+    if declared is not None and declared != counter.tokenizer_vocab:
+        raise DataError(f"{counter.source}: tokenizer has {counter.tokenizer_vocab} pieces but the dataset {where} "
+                        f"says {declared}: this tokenizer does not belong to this data")
+    arr = np.asarray(tokens)
+    if arr.size and int(arr.max()) >= counter.tokenizer_vocab:
+        raise DataError(f"{where}: val token id {int(arr.max())} has no piece in {counter.source} "
+                        f"({counter.tokenizer_vocab} pieces): the data was not tokenized with this tokenizer")
 
 
 def check_sidecar(sidecar, n_tokens: int, source: str = "byte side-car") -> np.ndarray:

@@ -11,6 +11,7 @@ Not shipped in a submission: nothing a submission runs writes files.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -64,6 +65,26 @@ def atomic_write(path: str | Path, data: bytes | str) -> int:
 def atomic_write_json(path: str | Path, obj: Any, indent: int | None = None) -> int:
     """`obj` as sorted-key JSON (one line, or indented) plus a newline, written atomically."""
     return atomic_write(path, json.dumps(obj, sort_keys=True, indent=indent, default=str) + "\n")
+
+
+def check_writable(folder: str | Path, what: str = "folder") -> Path:
+    """Create `folder` if needed and prove a file can be written in it, so that a command refuses
+    before minutes of work rather than after; FileError naming the folder otherwise."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".golf-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise FileError(f"{folder}: cannot write the {what}: {_why(e)}") from None
+    return folder
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def read_json_or_none(path: str | Path) -> Any | None:
@@ -121,7 +142,8 @@ def replace_folder(out: str | Path, build: Callable[[Path], Any]) -> Any:
 
 
 def _swap(tmp: Path, out: Path) -> None:
-    """Rename `tmp` to `out`, moving an existing `out` aside first and back if the rename fails."""
+    """Rename `tmp` to `out`, moving an existing `out` aside first and back if the rename fails.
+    Nothing is left behind: a previous version that cannot be removed is an error naming it."""
     aside = None
     if out.exists():
         aside = out.with_name(f".{out.name}.old-{os.getpid()}")
@@ -136,6 +158,8 @@ def _swap(tmp: Path, out: Path) -> None:
         raise
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
+        if aside.exists():
+            raise FileError(f"{out}: written, but its previous version could not be removed from {aside}")
 
 
 # ----------------------------------------------------------------------------- TOML files

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, DataError, GolfError
-from .byte_count import ByteCounter, check_sidecar
+from .byte_count import ByteCounter, check_sidecar, check_tokenizer
 from .contract import mean_loss, model_vocab, per_token, token_losses
 from .progress import Progress, Reporter
 from .shards import DataPaths, load_tokens, read_header, read_shard, resolve_data
@@ -336,12 +336,17 @@ class ValStream:
 def val_stream(data: DataPaths | str | Path, vocab_size: int, max_tokens: int | None = None) -> ValStream:
     """The val stream of a data folder (or resolved DataPaths) for a model of `vocab_size`, cut
     to the first `max_tokens` tokens when given. A dataset built for a larger vocabulary than the
-    model's, or one with no way to count bytes, is a DataError."""
+    model's, one with no way to count bytes, or a tokenizer that is not the data's
+    (`byte_count.check_tokenizer`) is a DataError."""
     paths = data if isinstance(data, DataPaths) else resolve_data(data, vocab_size=vocab_size)
     if paths.vocab_size is not None and paths.vocab_size > vocab_size:
         raise DataError(f"{paths.dataset_dir}: dataset vocab {paths.vocab_size} exceeds the model's {vocab_size}")
     tokens, sidecar = load_val(paths, vocab_size)
-    counter = None if sidecar is not None else ByteCounter.from_sentencepiece(paths.require_tokenizer(), vocab_size)
+    counter = None
+    if sidecar is None:
+        counter = ByteCounter.from_sentencepiece(paths.require_tokenizer(), vocab_size)
+        named = paths.dataset_dir.name.endswith(f"_sp{paths.vocab_size}")
+        check_tokenizer(counter, tokens, paths.vocab_size if named else None, str(paths.dataset_dir))
     if max_tokens is not None:
         if max_tokens < 2:
             raise ConfigError(f"max_tokens {max_tokens} must be >= 2")
