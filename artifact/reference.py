@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 
 from artifact.harness import state_digest
+from artifact.runtime.contract import model_vocab
 from artifact.runtime.errors import ConfigError
 from artifact.runtime.model import ModelConfig
 from artifact.runtime.run import evaluate, evaluate_ttt, load_model, ttt_config
@@ -68,7 +69,7 @@ def score_reference(folder: str | Path, options: dict, digest=state_digest) -> d
         raise ConfigError(f"model.blob's tensors do not fit the model config.json describes: "
                           f"{' '.join(str(e).split())[:300]}") from None
     out = {"digest": digest(model.state_dict()), "n_tensors": n_tensors}
-    stream = val_stream(opts["data"], model.config.vocab_size, opts.get("max_tokens"))
+    stream = val_stream(opts["data"], model_vocab(model), opts.get("max_tokens"))
     r = evaluate(model, stream, seq_len, opts)
     out.update(val_loss=r.val_loss, val_bpb=r.val_bpb, tokens=r.tokens, bytes=r.bytes, mode=r.mode,
                seq_len=r.seq_len, stride=r.stride, device=r.device)

@@ -112,7 +112,7 @@ def test_foreign_model_fit_verifies_and_beats_the_record_recipe_at_equal_bytes(t
     rc, packed = cli_json(capsys, "pack", *common, "--recipe", str(recipe), "--out", str(tmp_path / "recipe"))
     assert rc == 0 and packed["bytes"]["budget"] == "track_10min_16mb"  # a foreign checkpoint's default
     rc, by_recipe = cli_json(capsys, "verify", str(tmp_path / "recipe"), "--max-tokens", str(VAL_TOKENS))
-    assert rc == 0 and by_recipe["verdict"] == "FITS"
+    assert rc == 0 and by_recipe["verdict"] == "FITS", by_recipe
     equal_bytes = by_recipe["bytes"]["total_bytes"]
 
     rc, fitted = cli_json(capsys, "fit", *common, "--budget", str(equal_bytes), "--out", str(tmp_path / "fit"),
