@@ -19,7 +19,7 @@ from dataclasses import dataclass  # noqa: E402
 from importlib.metadata import PackageNotFoundError, version  # noqa: E402
 from typing import Callable  # noqa: E402
 
-from analysis import cmd_bench, cmd_data, cmd_eval, cmd_fit, cmd_pack, cmd_report, cmd_train  # noqa: E402
+from analysis import cmd_bench, cmd_data, cmd_eval, cmd_fit, cmd_frontier, cmd_pack, cmd_report, cmd_train  # noqa: E402
 from artifact.runtime.errors import GolfError  # noqa: E402
 
 
@@ -89,6 +89,11 @@ COMMANDS = (
             cmd_bench.add_codecs_arguments, cmd_bench.run_codecs),
     Command("bench-solve", "time the budget solver on a random instance",
             cmd_bench.add_solve_arguments, cmd_bench.run_solve),
+    Command("bench-gptq", "GPTQ wall time against the reference algorithm on the same matrices",
+            cmd_frontier.add_gptq_arguments, cmd_frontier.run_gptq,
+            "Time our GPTQ and the reference formulation (float32 Cholesky of H^-1, blocks of 128, "
+            "lazy batch updates) side by side on a checkpoint's matrices and a record-scale synthetic "
+            "GPT, same threads; compare their codes and distortion."),
 )
 
 
