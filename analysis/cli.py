@@ -94,6 +94,11 @@ COMMANDS = (
             "Time our GPTQ and the reference formulation (float32 Cholesky of H^-1, blocks of 128, "
             "lazy batch updates) side by side on a checkpoint's matrices and a record-scale synthetic "
             "GPT, same threads; compare their codes and distortion."),
+    Command("bench-frontier", "the fit against recipes at their bytes, with and without each lever",
+            cmd_frontier.add_frontier_arguments, cmd_frontier.run_frontier,
+            "Pack and score each recipe, then fit at its total bytes and score that, once per lever "
+            "configuration (all, all but one, none): gap ratio, win and its noise over val parts, "
+            "predicted over real loss increase."),
 )
 
 

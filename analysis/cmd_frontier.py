@@ -6,7 +6,9 @@ from __future__ import annotations
 import pandas as pd
 
 from analysis.bench_gptq import run_bench as run_gptq_bench
-from analysis.cliutil import Meter, add_json_flag, emit
+from analysis.cliutil import Meter, add_json_flag, emit, say
+from analysis.frontier import DEFAULT_RECIPES, DEFAULT_SEGMENTS, DEFAULT_TOKENS, LEVERS, frontier
+from artifact.runtime.errors import ConfigError
 from train.bundled import BUNDLED_CHECKPOINT, BUNDLED_DATA
 
 
@@ -32,4 +34,39 @@ def run_gptq(args) -> int:
     table = run_gptq_bench(args.checkpoint, args.data, args.record_layers, args.bits, args.threads, args.repeats,
                            progress=Meter("bench-gptq"))
     emit({"rows": table.to_dict("records")}, args.json, _table_text)
+    return 0
+
+
+# ----------------------------------------------------------------------------- bench-frontier
+def add_frontier_arguments(p) -> None:
+    p.add_argument("checkpoint", nargs="?", default=str(BUNDLED_CHECKPOINT), help="checkpoint (default: the bundled one)")
+    p.add_argument("--data", default=str(BUNDLED_DATA), help="data folder: calibration and val (default: the bundled data)")
+    p.add_argument("--cache", default="runs/fit-cache", help="measurement cache folder (default: runs/fit-cache)")
+    p.add_argument("--recipes", default=",".join(DEFAULT_RECIPES),
+                   help=f"recipes whose bytes the fit is tried at (default: {','.join(DEFAULT_RECIPES)})")
+    p.add_argument("--levers", default=None,
+                   help=f"comma-separated levers to ablate, '' for none (default: all: {','.join(LEVERS)})")
+    p.add_argument("--max-tokens", type=int, default=DEFAULT_TOKENS, metavar="N",
+                   help=f"val prefix scored (default: {DEFAULT_TOKENS})")
+    p.add_argument("--segments", type=int, default=DEFAULT_SEGMENTS, metavar="N",
+                   help=f"val parts the noise is taken over (default: {DEFAULT_SEGMENTS})")
+    add_json_flag(p)
+
+
+def _frontier_text(result: dict) -> str:
+    pd.set_option("display.width", 220, "display.max_columns", 20)
+    cols = ["recipe", "config", "bytes", "recipe_gap", "fit_gap", "ratio", "win", "noise", "pred_over_real"]
+    return (pd.DataFrame(result["rows"])[cols].round(5).to_string(index=False)
+            + f"\nunquantized bpb {result['reference_bpb']:.5f} on {result['val_tokens']:,} val tokens "
+              f"({result['segments']} parts); {result['seconds']:.0f} s")
+
+
+def run_frontier(args) -> int:
+    levers = None if args.levers is None else [x for x in args.levers.split(",") if x]
+    unknown = sorted(set(levers or []) - set(LEVERS))
+    if unknown:
+        raise ConfigError(f"unknown levers {unknown} (known: {', '.join(LEVERS)})")
+    result = frontier(args.checkpoint, args.data, args.cache, [r for r in args.recipes.split(",") if r],
+                      args.max_tokens, args.segments, levers, progress=Meter, log=say)
+    emit(result, args.json, _frontier_text)
     return 0

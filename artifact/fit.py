@@ -73,6 +73,8 @@ def recipe_data(choices: dict[str, str], calibration: dict | None = None, lqer_c
         rule = {"match": [tensor], "bits": c.bits, "clip": c.clip, "gptq": c.gptq}
         if c.prune:
             rule["prune"] = c.prune
+        if c.rd:
+            rule["rd"] = c.rd
         rules.append({**rule, "codec": c.codec})
         if c.lqer_rank:
             ranks[tensor] = c.lqer_rank

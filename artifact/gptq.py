@@ -21,6 +21,7 @@ from torch import Tensor
 
 from artifact.runtime.errors import ConfigError
 from artifact.quant import Quantized, QuantSpec, quantize_tensor
+from artifact.rdround import code_lengths, rate_weight, rd_round
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,12 @@ def gptq_quantize(w: Tensor, hessian: Tensor, spec: QuantSpec, config: GPTQConfi
     Wt = w.float().t()[order].contiguous()
     Wt[dead[order]] = 0.0
     St = _scale_per_column(rtn, rows, cols, order)
-    codes_t = _error_feedback(Wt, St, U, rtn, spec, config.block_size)
+    rate = None
+    if spec.rd:  # rate-aware rounding: importance s^2 / U_jj^2 (artifact.rdround)
+        grid = spec.code_grid
+        mu = spec.rd * float(St.square().mean()) * float(U.diagonal().square().reciprocal().mean())
+        rate = (mu, code_lengths(rtn.codes, grid.lo, grid.hi))
+    codes_t = _error_feedback(Wt, St, U, rtn, spec, config.block_size, rate)
     codes = codes_t[torch.argsort(order)].t().contiguous()
     meta = dict(rtn.meta, gptq="ok", damp=damp_used, act_order=config.act_order, dead_columns=int(dead.sum()))
     return Quantized(codes, rtn.scales, rtn.group_size, rtn.bits, rtn.scheme, meta)
@@ -99,13 +105,15 @@ def _scale_per_column(q: Quantized, rows: int, cols: int, order: Tensor) -> Tens
     return torch.where(st > 0, st, torch.ones_like(st)).contiguous()
 
 
-def _error_feedback(Wt: Tensor, St: Tensor, U: Tensor, q: Quantized, spec: QuantSpec, block: int) -> Tensor:
+def _error_feedback(Wt: Tensor, St: Tensor, U: Tensor, q: Quantized, spec: QuantSpec, block: int,
+                    rate: tuple[float, Tensor] | None = None) -> Tensor:
     """The GPTQ loop on the permuted, transposed weights Wt (cols x rows, updated in place):
     round a column, spread its scaled error over the rest of its block at once, and over later
-    blocks with one matrix product per block. Returns the codes (cols x rows, int8)."""
+    blocks with one matrix product per block. `rate` = (mu, code lengths) rounds rate-aware.
+    Returns the codes (cols x rows, int8)."""
     cols, rows = Wt.shape
     grid = spec.code_grid
-    lo, hi = (-1.0, 1.0) if q.scheme == "binary" else (float(grid.lo), float(grid.hi))
+    lo, hi = (-1, 1) if q.scheme == "binary" else (grid.lo, grid.hi)
     codes = torch.empty(cols, rows, dtype=torch.int8, device=Wt.device)
     threads = torch.get_num_threads()
     for i1 in range(0, cols, block):
@@ -113,6 +121,8 @@ def _error_feedback(Wt: Tensor, St: Tensor, U: Tensor, q: Quantized, spec: Quant
         W1, S1, U1 = Wt[i1:i2], St[i1:i2], U[i1:i2, i1:i2]
         C1 = torch.empty(i2 - i1, rows, device=Wt.device)
         err = torch.empty(i2 - i1, rows, device=Wt.device)
+        if rate is not None:  # t = mu / a with a = s^2 / U_jj^2, per element of the block
+            T1 = rate_weight(rate[0], S1.square() / U1.diagonal().square()[:, None])
         # The per-column ops are small: one thread avoids a barrier per op, which on a shared
         # CPU (another process holding a core) costs a scheduler slice each time.
         torch.set_num_threads(1)
@@ -121,6 +131,8 @@ def _error_feedback(Wt: Tensor, St: Tensor, U: Tensor, q: Quantized, spec: Quant
                 col, c, e = W1[i], C1[i], err[i]
                 if q.scheme == "binary":
                     torch.sign(col, out=c).add_((c == 0).float())  # sign, with 0 -> +1
+                elif rate is not None:
+                    c.copy_(rd_round(col / S1[i], T1[i], rate[1], lo, hi))
                 else:
                     torch.div(col, S1[i], out=c).round_().clamp_(lo, hi)
                 torch.mul(c, S1[i], out=e)

@@ -14,20 +14,22 @@ A per-tensor sensitivity turns distortion into a predicted loss increase: quanti
 tensor at one coarse probe configuration, measure the real loss increase on calibration tokens
 (`probe_loss`), divide by the probe's distortion.
 
-Coarse to fine. LQER ranks > 0 are measured only where they can pay off (`Grid.lqer_on_hull`):
-first every rank-0 candidate, then the ranks only on the bases (bits, clip, GPTQ, prune) whose
-rank-0 point lies on the tensor's lower convex hull in (bytes, distortion) — the only bases a
-budget can ever pick at rank 0; a rank is then kept by the solver only if its factor bytes buy
-more loss than spending them on the next hull point. One SVD serves every rank of a base.
+Coarse to fine. LQER ranks > 0, rate-aware rounding lambdas > 0 (artifact.rdround) and the
+slower codecs (brotli-11, transpose+brotli-11) are measured only where they can pay off
+(`Grid.lqer_on_hull`): first every base (bits, clip, GPTQ, prune) at rank 0, lambda 0 under ANS,
+then the rest only on the bases whose first-stage point lies on the tensor's lower convex hull
+in (bytes, distortion) — the only bases a budget can ever pick at rank 0; a rank, a lambda or a
+codec is then kept by the solver only if it buys more loss per byte than the next hull point.
+One SVD serves every rank of a base.
 
 Grid profiles, picked by size (`default_grid`): checkpoints up to `LARGE_PARAMS` quantizable
-parameters get `Grid()` (everything: 7 bits x 4 clips x GPTQ on/off x 2 prunes x 2 codecs at
-rank 0, ranks 2/4/8 on the hull). Record-scale checkpoints (36 M parameters: one GPTQ pass of
+parameters get `Grid()` (everything: 7 bits x 4 clips x GPTQ on/off x 2 prunes under ANS, then
+on the hull ranks 2/4/8, lambdas 0.05/0.15/0.4 and the brotli codecs). Record-scale checkpoints (36 M parameters: one GPTQ pass of
 the whole model ~10 s of one core, brotli-11 ~1-5 MB/s) get `LARGE_GRID`: sizes by the exact
 ANS model only (for near-i.i.d. per-row codes order-0 ANS is within ~2% of brotli-11 and 40x
 cheaper; small tensors are few bytes either way), two sdclip clips (`search:row` costs ~5x an
 sdclip quantization), GPTQ only at 4-7 bits (the bits a 16 MB budget lands on for ~30 M
-weights) with the records' GPTQ clip, and the same hull-only LQER ranks.
+weights) with the records' GPTQ clip, and the same hull-only LQER ranks and lambdas.
 
 Parallel and resumable: tensors are measured independently (`jobs` worker processes, each with
 one torch thread; `jobs=1` measures in-process, also with one thread, so the figures are
@@ -65,7 +67,7 @@ from artifact.runtime.errors import ConfigError
 from artifact.runtime.files import atomic_write_json, read_json_or_none
 from artifact.runtime.progress import Progress
 
-MEASURE_VERSION = 3  # 3: calibration marks tables no linear layer reads
+MEASURE_VERSION = 4  # 4: GPTQ in float32 (codes differ from 3 in ~1e-4 of weights); rate-aware rounding
 DEFAULT_SCALES_CODEC = "deinterleave2+brotli-11"
 DEFAULT_LQER_CODEC = "ans"
 # A sensitivity below this fraction of the median is floored: a probe whose loss change is lost
@@ -82,7 +84,9 @@ def _prune_field(fraction: float) -> str:
 @dataclass(frozen=True)
 class Choice:
     """One candidate configuration of one tensor; `label` is its stable text form,
-    e.g. `int5/sdclip:8/gptq/r0/p0.03/ans` (bits/clip/method/LQER rank/prune fraction/codec)."""
+    e.g. `int5/sdclip:8/gptq/r0/p0.03/ans` (bits/clip/method/LQER rank/prune fraction/codec),
+    with a rate-aware rounding lambda as a field before the codec when it is not 0
+    (`int5/sdclip:8/gptq/r0/p0/rd0.15/ans`)."""
 
     bits: int
     clip: str
@@ -90,28 +94,32 @@ class Choice:
     lqer_rank: int
     codec: str
     prune: float = 0.0
+    rd: float = 0.0
 
     @property
     def label(self) -> str:
+        rd = f"rd{self.rd:g}/" if self.rd else ""
         return (f"int{self.bits}/{self.clip}/{'gptq' if self.gptq else 'rtn'}/r{self.lqer_rank}/"
-                f"{_prune_field(self.prune)}/{self.codec}")
+                f"{_prune_field(self.prune)}/{rd}{self.codec}")
 
     @property
     def base(self) -> tuple:
         """What the quantized codes depend on (LQER and the codec come after)."""
-        return (self.bits, self.clip, self.gptq, self.prune)
+        return (self.bits, self.clip, self.gptq, self.prune, self.rd)
 
     @classmethod
     def parse(cls, label: str) -> "Choice":
         try:
-            bits, clip, method, rank, prune, codec = label.split("/")
-            c = cls(int(bits[3:]), clip, method == "gptq", int(rank[1:]), codec, float(prune[1:]))
+            fields = label.split("/")
+            rd = float(fields.pop(5)[2:]) if len(fields) == 7 and fields[5].startswith("rd") else 0.0
+            bits, clip, method, rank, prune, codec = fields
+            c = cls(int(bits[3:]), clip, method == "gptq", int(rank[1:]), codec, float(prune[1:]), rd)
             if (c.label != label or not 2 <= c.bits <= 8 or c.lqer_rank < 0 or not 0 <= c.prune < 1
-                    or not clip or not codec):
+                    or not clip or not codec or not 0 <= rd < 100):
                 raise ValueError
             return c
         except (ValueError, AttributeError):
-            raise ConfigError(f"bad candidate label {label!r} (expected intB/CLIP/gptq|rtn/rR/pF/CODEC, "
+            raise ConfigError(f"bad candidate label {label!r} (expected intB/CLIP/gptq|rtn/rR/pF[/rdL]/CODEC, "
                               "e.g. int5/sdclip:8/gptq/r0/p0.03/ans)") from None
 
 
@@ -127,14 +135,17 @@ class Grid:
 
     The candidates are the product bits x clips x gptq x prunes x lqer_ranks x codecs, less
     GPTQ outside `gptq_bits` / `gptq_clips` (None: everywhere) and LQER ranks that do not fit a
-    shape; with `lqer_on_hull` ranks > 0 are measured only on the rank-0 hull's bases."""
+    shape, plus each rank-0 base at every rate-aware rounding lambda of `rds` (ANS only: its
+    rate model is ANS's code length) and under every codec of `hull_codecs`. With
+    `lqer_on_hull` only the first stage (rank 0, lambda 0, `codecs`) is measured everywhere;
+    ranks > 0, lambdas > 0 and `hull_codecs` only on the bases of the first stage's hull."""
 
     bits: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
     clips: tuple[str, ...] = ("sdclip:4", "sdclip:8", "sdclip:12.85", "search:row")
     gptq: tuple[bool, ...] = (False, True)
     prunes: tuple[float, ...] = (0.0, 0.03)
     lqer_ranks: tuple[int, ...] = (0, 2, 4, 8)
-    codecs: tuple[str, ...] = ("ans", "brotli-11")
+    codecs: tuple[str, ...] = ("ans",)
     gptq_bits: tuple[int, ...] | None = None
     gptq_clips: tuple[str, ...] | None = None
     lqer_on_hull: bool = True
@@ -142,25 +153,40 @@ class Grid:
     lqer_codec: str = DEFAULT_LQER_CODEC
     min_numel: int = 4096
     probe: str = "int4/sdclip:8/rtn/r0/p0/ans"  # the coarse config whose real loss change sets sens
+    rds: tuple[float, ...] = (0.05, 0.15, 0.4)
+    hull_codecs: tuple[str, ...] = ("brotli-11", "transpose+brotli-11")
 
     def __post_init__(self):
         if 0 not in self.lqer_ranks:
             raise ConfigError(f"grid: lqer_ranks {self.lqer_ranks} must include 0 (no correction)")
+        if any(not 0 < r < 100 for r in self.rds):
+            raise ConfigError(f"grid: rds {self.rds} must be rate-aware rounding lambdas in (0, 100)")
         for c in self.choices()[:1] + [Choice.parse(self.probe)]:
             Choice.parse(c.label)  # every field in its canonical form
 
+    def _gptq_ok(self, b: int, c: str, g: bool) -> bool:
+        return not g or ((self.gptq_bits is None or b in self.gptq_bits)
+                         and (self.gptq_clips is None or c in self.gptq_clips))
+
     def choices(self) -> list[Choice]:
-        return [Choice(b, c, g, r, k, p) for b in self.bits for c in self.clips for g in self.gptq
-                for p in self.prunes for r in self.lqer_ranks for k in self.codecs
-                if not g or ((self.gptq_bits is None or b in self.gptq_bits)
-                             and (self.gptq_clips is None or c in self.gptq_clips))]
+        plain = [Choice(b, c, g, r, k, p) for b in self.bits for c in self.clips for g in self.gptq
+                 for p in self.prunes for r in self.lqer_ranks for k in self.codecs if self._gptq_ok(b, c, g)]
+        rated = [Choice(b, c, g, 0, "ans", p, rd) for b in self.bits for c in self.clips for g in self.gptq
+                 for p in self.prunes for rd in self.rds if self._gptq_ok(b, c, g)]
+        coded = [Choice(b, c, g, 0, k, p) for b in self.bits for c in self.clips for g in self.gptq
+                 for p in self.prunes for k in self.hull_codecs if k not in self.codecs and self._gptq_ok(b, c, g)]
+        return plain + rated + coded
+
+    def first_stage(self, c: Choice) -> bool:
+        """Measured on every base (the rest only on the hull of these when `lqer_on_hull`)."""
+        return c.lqer_rank == 0 and not c.rd and c.codec in self.codecs
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 LARGE_GRID = Grid(clips=("sdclip:8", "sdclip:12.85"), codecs=("ans",), gptq_bits=(4, 5, 6, 7),
-                  gptq_clips=("sdclip:12.85",))
+                  gptq_clips=("sdclip:12.85",), hull_codecs=())
 
 
 def default_grid(state_dict: dict[str, Tensor], min_numel: int = Grid.min_numel) -> Grid:
@@ -241,9 +267,10 @@ def _one_thread():
         torch.set_num_threads(before)
 
 
-def _quantize(name: str, w: Tensor, bits: int, clip: str, gptq: bool, hessian: Tensor | None, prune: float = 0.0):
+def _quantize(name: str, w: Tensor, bits: int, clip: str, gptq: bool, hessian: Tensor | None, prune: float = 0.0,
+              rd: float = 0.0):
     """Codes as `pack_state_dict` makes them for this choice (its own code path)."""
-    rule = {"match": [name], "bits": bits, "clip": clip, "gptq": gptq, "prune": prune}
+    rule = {"match": [name], "bits": bits, "clip": clip, "gptq": gptq, "prune": prune, "rd": rd}
     plan = parse_recipe({"name": "measure", "rules": [rule]}).plan({name: w})[name]
     return quantize_planned(name, w, plan, {name: hessian} if hessian is not None else None, "measure")
 
@@ -287,7 +314,7 @@ def measure_tensor(name: str, w: Tensor, hessian: Tensor | None, grid: Grid,
     wanted = [c for c in map(Choice.parse, labels) if hessian is not None or not c.gptq]
     for base in sorted({c.base for c in wanted}):
         mine = [c for c in wanted if c.base == base]
-        q = _quantize(name, w, *base[:3], hessian, base[3])
+        q = _quantize(name, w, *base[:3], hessian, base[3], base[4])
         w_hat = q.dequantize().float()
         scale_bytes = codecs.predict_size(grid.scales_codec, np.asarray(q.scales.numpy()).reshape(-1))
         code_bytes = {k: codecs.predict_size(k, q.codes.numpy()) for k in sorted({c.codec for c in mine})}
@@ -308,12 +335,12 @@ def measure_tensor(name: str, w: Tensor, hessian: Tensor | None, grid: Grid,
 # ----------------------------------------------------------------------------- coarse to fine
 
 def hull_bases(cands: dict[str, dict]) -> list[tuple]:
-    """Bases whose rank-0 candidate (cheapest codec) is on the lower convex hull of
-    (bytes, distortion) over the tensor's rank-0 candidates, smallest first."""
+    """Bases whose rank-0, lambda-0 candidate (cheapest codec) is on the lower convex hull of
+    (bytes, distortion) over the tensor's rank-0, lambda-0 candidates, smallest first."""
     best: dict[tuple, tuple[int, float]] = {}
     for label, fig in cands.items():
         c = Choice.parse(label)
-        if c.lqer_rank == 0 and (c.base not in best or fig["bytes"] < best[c.base][0]):
+        if c.lqer_rank == 0 and not c.rd and (c.base not in best or fig["bytes"] < best[c.base][0]):
             best[c.base] = (fig["bytes"], fig["distortion"])
     pts = sorted((b, d, base) for base, (b, d) in best.items())
     front, low = [], math.inf
@@ -334,16 +361,16 @@ def hull_bases(cands: dict[str, dict]) -> list[tuple]:
 
 def wanted_labels(grid: Grid, cands: dict[str, dict], skipped=frozenset()) -> tuple[list[str], bool]:
     """(labels this tensor should have given what is measured so far, final). Not final while
-    rank-0 candidates are missing (and not `skipped`: a shape or a missing Hessian rules them
-    out): the hull then decides which LQER ranks come next."""
+    rank-0, lambda-0 candidates are missing (and not `skipped`: a shape or a missing Hessian
+    rules them out): their hull then decides which LQER ranks and rate-aware lambdas come next."""
     every = grid.choices()
     if not grid.lqer_on_hull:
         return [c.label for c in every], True
-    rank0 = [c.label for c in every if c.lqer_rank == 0]
-    if any(l not in cands and l not in skipped for l in rank0):
-        return rank0, False
-    on_hull = set(hull_bases({l: cands[l] for l in rank0 if l in cands}))
-    return [c.label for c in every if c.lqer_rank == 0 or c.base in on_hull], True
+    first = [c.label for c in every if grid.first_stage(c)]
+    if any(l not in cands and l not in skipped for l in first):
+        return first, False
+    on_hull = set(hull_bases({l: cands[l] for l in first if l in cands}))
+    return [c.label for c in every if grid.first_stage(c) or c.base[:4] + (0.0,) in on_hull], True
 
 
 def _missing(grid: Grid, cands: dict, skipped: set) -> tuple[list[str], bool]:

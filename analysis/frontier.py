@@ -1,0 +1,165 @@
+"""The quantization frontier, measured: the fit against fixed recipes at the recipes' own bytes,
+with and without each lever of the candidate space and the loss model.
+
+For one checkpoint: every recipe is packed and scored (its total bytes as shipped, compact code,
+and its val_bpb gap to the unquantized model); then, at each recipe's total bytes, the budget fit
+(`artifact.fit.fit`: solve, pack, repair until the real blob fits) is packed and scored on the
+same val tokens, once per lever configuration: "all" (every lever), "-LEVER" (all but that one)
+and "none" (the grid and loss model as they were before any lever). A lever is a set of candidate
+labels (`LEVERS`: its candidates are hidden from the solver when it is off) or a loss-model
+switch. The gap ratio is the fit's gap over the recipe's.
+
+Noise: the val prefix is cut into `segments` equal parts, each scored alone (flat windows); the
+win (recipe bpb − fit bpb) is taken per part, and its standard error over the parts is the noise a
+win must beat. The fit's predicted Δloss (nats/token, from the measurement) is set against the
+real one (val loss nats/token) at the chosen point.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+from artifact.budget import resolve_budget
+from artifact.fit import counted_code_bytes, fit
+from artifact.measure import Choice, Measurement
+from artifact.pack import pack_state_dict, recipe_needs_hessians
+from artifact.pipeline import prepare, recipe_hessians
+from artifact.recipe import load_recipe
+from artifact.runtime.scoring import eval_flat, val_stream
+from artifact.submission import BLOB, plan_files
+
+DEFAULT_RECIPES = ("record-1855", "seed-004", "seed-003", "seed-002", "seed-001", "seed-000")
+DEFAULT_TOKENS = 65536
+DEFAULT_SEGMENTS = 8
+
+
+# lever name -> predicate over candidate labels: True for the candidates that exist only
+# because of the lever (hidden from the solver when the lever is off)
+LEVERS: dict[str, Callable[[str], bool]] = {}
+
+
+def restrict(m: Measurement, hide: Callable[[str], bool]) -> Measurement:
+    """The measurement with the candidates `hide` marks removed (every tensor keeps at least one)."""
+    tensors = {}
+    for name, t in m.tensors.items():
+        kept = {l: f for l, f in t.candidates.items() if not hide(l)} or t.candidates
+        tensors[name] = dataclasses.replace(t, candidates=kept)
+    return dataclasses.replace(m, tensors=tensors)
+
+
+class SegmentScorer:
+    """Flat val loss and bpb of a model on `segments` equal parts of a val prefix."""
+
+    def __init__(self, data, vocab_size: int, seq_len: int, max_tokens: int, segments: int):
+        stream = val_stream(data, vocab_size, max_tokens)
+        n = len(stream.tokens)
+        cuts = np.linspace(0, n, segments + 1).astype(int)
+        self.parts = [(stream.tokens[a:b], None if stream.sidecar is None else stream.sidecar[a:b])
+                      for a, b in zip(cuts[:-1], cuts[1:])]
+        self.counter, self.seq_len, self.tokens = stream.counter, seq_len, n
+
+    def __call__(self, model) -> dict:
+        bits, nbytes, nats, targets = [], [], [], []
+        for tokens, side in self.parts:
+            r = eval_flat(model, tokens, self.counter, self.seq_len, batch_seqs=16, device="cpu", sidecar=side)
+            bits.append(r.val_bpb * r.bytes)
+            nbytes.append(r.bytes)
+            nats.append(r.val_loss * r.tokens)
+            targets.append(r.tokens)
+        bpb = np.array(bits) / np.array(nbytes)
+        return {"bpb": float(sum(bits) / sum(nbytes)), "loss": float(sum(nats) / sum(targets)), "parts": bpb}
+
+
+def _load(model, weights: dict, original: dict) -> None:
+    model.load_state_dict({k: weights[k].to(v.dtype) for k, v in original.items()})
+
+
+def recipe_points(p: dict, data, recipes, scorer: SegmentScorer, log=None) -> list[dict]:
+    """Each recipe packed as `golf pack` packs it: total bytes (blob + compact code) and score."""
+    model, cfg, state = p["model"], p["cfg"], p["state"]
+    hessian_cache: dict[str, dict] = {}
+    out = []
+    for name in recipes:
+        recipe = load_recipe(name)
+        hessians = None
+        if recipe_needs_hessians(recipe):
+            key = repr(recipe.calibration)
+            if key not in hessian_cache:
+                _load(model, state, state)
+                hessian_cache[key] = recipe_hessians(model, cfg, recipe, data)[0]
+            hessians = hessian_cache[key]
+        packed = pack_state_dict(state, recipe, hessians, predict_sizes=False)
+        files = plan_files(packed.entries, cfg.to_dict(), {"seq_len": p["seq_len"]}, compact=True)
+        _load(model, packed.dequantized, state)
+        out.append({"recipe": recipe.name, "bytes": sum(len(b) for b in files.values()), **scorer(model)})
+        if log is not None:
+            log(f"frontier: {recipe.name}: {out[-1]['bytes']:,} B, bpb {out[-1]['bpb']:.5f}")
+    _load(model, state, state)
+    return out
+
+
+def fit_point(p: dict, m: Measurement, total_bytes: int, scorer: SegmentScorer) -> dict:
+    """The budget fit at `total_bytes` (compact code counted), packed and scored."""
+    budget = resolve_budget(total_bytes)
+    code = counted_code_bytes(p["cfg"].to_dict(), {"seq_len": p["seq_len"]}, budget, compact=True)
+    res = fit(p["state"], m, budget, code, p["hessians"], calibration=p["calibration"])
+    _load(p["model"], res.packed.dequantized, p["state"])
+    try:
+        score = scorer(p["model"])
+    finally:
+        _load(p["model"], p["state"], p["state"])
+    return {"bytes": res.real_total, "predicted_dloss": res.predicted_loss, **score,
+            "labels": sorted(set(res.choices.values()))}
+
+
+def lever_configs(levers: list[str]) -> dict[str, Callable[[str], bool]]:
+    """{config name: hide predicate}: all levers on, each one off, and none."""
+    configs = {"all": lambda l: False}
+    for name in levers:
+        configs[f"-{name}"] = LEVERS[name]
+    if levers:
+        configs["none"] = lambda l: any(LEVERS[n](l) for n in levers)
+    return configs
+
+
+def frontier(checkpoint, data, cache, recipes=DEFAULT_RECIPES, max_tokens: int = DEFAULT_TOKENS,
+             segments: int = DEFAULT_SEGMENTS, levers: list[str] | None = None, grid=None,
+             progress=None, log=None) -> dict:
+    """Rows {checkpoint, recipe, config, bytes, recipe_gap, fit_gap, ratio, win, noise,
+    predicted_dloss, real_dloss, pred_over_real} for each recipe's bytes and lever config."""
+    t0 = time.perf_counter()
+    torch.manual_seed(0)
+    p = prepare(checkpoint, data, cache, grid, progress, jobs=None)
+    scorer = SegmentScorer(p["data"], p["cfg"].vocab_size, p["seq_len"], max_tokens, segments)
+    ref = scorer(p["model"])
+    points = recipe_points(p, data, recipes, scorer, log)
+    levers = list(LEVERS) if levers is None else levers
+    rows = []
+    for cname, hide in lever_configs(levers).items():
+        m = restrict(p["measurement"], hide)
+        for pt in points:
+            f = fit_point(p, m, pt["bytes"], scorer)
+            win = pt["parts"] - f["parts"]
+            real = f["loss"] - ref["loss"]
+            rows.append({"checkpoint": str(checkpoint), "recipe": pt["recipe"], "config": cname, "bytes": pt["bytes"],
+                         "fit_bytes": f["bytes"], "recipe_gap": pt["bpb"] - ref["bpb"], "fit_gap": f["bpb"] - ref["bpb"],
+                         "ratio": (f["bpb"] - ref["bpb"]) / (pt["bpb"] - ref["bpb"]),
+                         "win": pt["bpb"] - f["bpb"], "noise": float(win.std(ddof=1) / math.sqrt(len(win))),
+                         "predicted_dloss": f["predicted_dloss"], "real_dloss": real,
+                         "pred_over_real": f["predicted_dloss"] / real if real > 0 else float("nan")})
+            if log is not None:
+                r = rows[-1]
+                log(f"frontier: {cname} at {pt['recipe']}: ratio {r['ratio']:.3f} win {r['win']:.5f} "
+                    f"± {r['noise']:.5f}, pred/real {r['pred_over_real']:.3f}")
+    return {"rows": rows, "reference_bpb": ref["bpb"], "val_tokens": scorer.tokens, "segments": segments,
+            "seconds": time.perf_counter() - t0}
+
+
+LEVERS["rd"] = lambda label: Choice.parse(label).rd > 0  # rate-aware rounding lambdas
+LEVERS["transpose"] = lambda label: Choice.parse(label).codec.startswith("transpose+")  # column-major brotli
