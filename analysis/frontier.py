@@ -39,9 +39,6 @@ DEFAULT_TOKENS = 65536
 DEFAULT_SEGMENTS = 8
 
 
-# lever name -> predicate over candidate labels: True for the candidates that exist only
-# because of the lever (hidden from the solver when the lever is off)
-LEVERS: dict[str, Callable[[str], bool]] = {}
 
 
 def restrict(m: Measurement, hide: Callable[[str], bool]) -> Measurement:
@@ -118,13 +115,37 @@ def fit_point(p: dict, m: Measurement, total_bytes: int, scorer: SegmentScorer) 
             "labels": sorted(set(res.choices.values()))}
 
 
-def lever_configs(levers: list[str]) -> dict[str, Callable[[str], bool]]:
-    """{config name: hide predicate}: all levers on, each one off, and none."""
-    configs = {"all": lambda l: False}
+def hiding(pred: Callable[[str], bool]) -> Callable[[Measurement], Measurement]:
+    """A lever made of candidates: switching it off hides the labels `pred` marks."""
+    return lambda m: restrict(m, pred)
+
+
+def linear_loss(m: Measurement) -> Measurement:
+    """The loss model without per-tensor curves: Δloss proportional to distortion."""
+    return dataclasses.replace(m, tensors={n: dataclasses.replace(t, exponent=1.0) for n, t in m.tensors.items()})
+
+
+# lever name -> what switching it off does to a measurement (hide its candidates, or undo its
+# change to the loss model)
+LEVERS: dict[str, Callable[[Measurement], Measurement]] = {
+    "rd": hiding(lambda label: Choice.parse(label).rd > 0),  # rate-aware rounding lambdas
+    "transpose": hiding(lambda label: Choice.parse(label).codec.startswith("transpose+")),  # column-major brotli
+    "curve": linear_loss,  # the second probe's per-tensor curve
+}
+
+
+def lever_configs(levers: list[str]) -> dict[str, Callable[[Measurement], Measurement]]:
+    """{config name: measurement transform}: all levers on, each one off, and none."""
+    configs = {"all": lambda m: m}
     for name in levers:
         configs[f"-{name}"] = LEVERS[name]
+
+    def none(m: Measurement) -> Measurement:
+        for n in levers:
+            m = LEVERS[n](m)
+        return m
     if levers:
-        configs["none"] = lambda l: any(LEVERS[n](l) for n in levers)
+        configs["none"] = none
     return configs
 
 
@@ -141,8 +162,8 @@ def frontier(checkpoint, data, cache, recipes=DEFAULT_RECIPES, max_tokens: int =
     points = recipe_points(p, data, recipes, scorer, log)
     levers = list(LEVERS) if levers is None else levers
     rows = []
-    for cname, hide in lever_configs(levers).items():
-        m = restrict(p["measurement"], hide)
+    for cname, off in lever_configs(levers).items():
+        m = off(p["measurement"])
         for pt in points:
             f = fit_point(p, m, pt["bytes"], scorer)
             win = pt["parts"] - f["parts"]
@@ -160,6 +181,3 @@ def frontier(checkpoint, data, cache, recipes=DEFAULT_RECIPES, max_tokens: int =
     return {"rows": rows, "reference_bpb": ref["bpb"], "val_tokens": scorer.tokens, "segments": segments,
             "seconds": time.perf_counter() - t0}
 
-
-LEVERS["rd"] = lambda label: Choice.parse(label).rd > 0  # rate-aware rounding lambdas
-LEVERS["transpose"] = lambda label: Choice.parse(label).codec.startswith("transpose+")  # column-major brotli

@@ -153,6 +153,7 @@ class Grid:
     lqer_codec: str = DEFAULT_LQER_CODEC
     min_numel: int = 4096
     probe: str = "int4/sdclip:8/rtn/r0/p0/ans"  # the coarse config whose real loss change sets sens
+    probe2: str | None = "int6/sdclip:12.85/rtn/r0/p0/ans"  # a finer one: with it, a curve per tensor
     rds: tuple[float, ...] = (0.05, 0.15, 0.4)
     hull_codecs: tuple[str, ...] = ("brotli-11", "transpose+brotli-11")
 
@@ -161,7 +162,7 @@ class Grid:
             raise ConfigError(f"grid: lqer_ranks {self.lqer_ranks} must include 0 (no correction)")
         if any(not 0 < r < 100 for r in self.rds):
             raise ConfigError(f"grid: rds {self.rds} must be rate-aware rounding lambdas in (0, 100)")
-        for c in self.choices()[:1] + [Choice.parse(self.probe)]:
+        for c in self.choices()[:1] + [Choice.parse(p) for p in self.probes]:
             Choice.parse(c.label)  # every field in its canonical form
 
     def _gptq_ok(self, b: int, c: str, g: bool) -> bool:
@@ -176,6 +177,10 @@ class Grid:
         coded = [Choice(b, c, g, 0, k, p) for b in self.bits for c in self.clips for g in self.gptq
                  for p in self.prunes for k in self.hull_codecs if k not in self.codecs and self._gptq_ok(b, c, g)]
         return plain + rated + coded
+
+    @property
+    def probes(self) -> tuple[str, ...]:
+        return (self.probe,) + ((self.probe2,) if self.probe2 and self.probe2 != self.probe else ())
 
     def first_stage(self, c: Choice) -> bool:
         """Measured on every base (the rest only on the hull of these when `lqer_on_hull`)."""
@@ -198,20 +203,27 @@ def default_grid(state_dict: dict[str, Tensor], min_numel: int = Grid.min_numel)
 @dataclass
 class TensorMeasure:
     """One tensor's figures: candidates {label: {bytes, code_bytes, scale_bytes, lqer_bytes,
-    distortion}}, its sensitivity (Δloss per unit distortion) and the probe behind it."""
+    distortion}}, its sensitivity (Δloss per unit distortion at the probe) and the probe behind
+    it, and the curve's exponent: predicted Δloss = sensitivity * D0 * (D / D0)^exponent with D0
+    the probe's distortion (exponent 1: Δloss proportional to distortion)."""
 
     name: str
     shape: tuple[int, ...]
     sensitivity: float
     probe: dict
     candidates: dict[str, dict]
+    exponent: float = 1.0
 
     @property
     def params(self) -> int:
         return int(np.prod(self.shape))
 
     def predicted_dloss(self, label: str) -> float:
-        return self.sensitivity * self.candidates[label]["distortion"]
+        d = self.candidates[label]["distortion"]
+        d0 = self.probe.get("distortion") or 0.0
+        if self.exponent == 1.0 or d0 <= 0 or d <= 0:
+            return self.sensitivity * d
+        return self.sensitivity * d0 * (d / d0) ** self.exponent
 
 
 @dataclass
@@ -380,11 +392,15 @@ def _missing(grid: Grid, cands: dict, skipped: set) -> tuple[list[str], bool]:
 
 # ----------------------------------------------------------------------------- one tensor's job
 
-def _probe_figures(name: str, w: Tensor, hessian, grid: Grid) -> dict:
-    c = Choice.parse(grid.probe)
-    w_hat = _quantize(name, w.detach().float(), c.bits, c.clip, c.gptq, hessian, c.prune).dequantize()
+def _probe_figures(name: str, w: Tensor, hessian, labels: list[str]) -> dict[str, dict]:
+    """{probe label: {w_hat, distortion}} for the probes a tensor still lacks."""
+    out = {}
     h32 = hessian.float() if hessian is not None else None
-    return {"w_hat": w_hat.to(w.dtype), "distortion": distortion(w, w_hat, h32)}
+    for label in labels:
+        c = Choice.parse(label)
+        w_hat = _quantize(name, w.detach().float(), c.bits, c.clip, c.gptq, hessian, c.prune, c.rd).dequantize()
+        out[label] = {"w_hat": w_hat.to(w.dtype), "distortion": distortion(w, w_hat, h32)}
+    return out
 
 
 def _tensor_job(job: tuple) -> tuple:
@@ -401,7 +417,7 @@ def _tensor_job(job: tuple) -> tuple:
                 count += len(missing)
             if final:
                 break
-        probe = _probe_figures(name, w, h, grid) if need_probe else None
+        probe = _probe_figures(name, w, h, need_probe) if need_probe else None
     return name, cands, sorted(skipped), count, probe
 
 
@@ -446,7 +462,7 @@ def measure(state_dict: dict[str, Tensor], hessians: dict[str, Tensor], grid: Gr
         cands, skipped = dict(data.get("candidates", {})), set(data.get("skipped", []))
         probes = dict(data.get("probes", {}))
         stored[name] = (path, cands, skipped, probes)
-        need_probe = probe_loss is not None and grid.probe not in probes
+        need_probe = [l for l in grid.probes if l not in probes] if probe_loss is not None else []
         if _missing(grid, cands, skipped)[0] or need_probe:
             jobs_todo.append((name, state_dict[name].detach().cpu(), hessians.get(name), grid, cands,
                               sorted(skipped), need_probe))
@@ -464,8 +480,9 @@ def measure(state_dict: dict[str, Tensor], hessians: dict[str, Tensor], grid: Gr
         _, cands, skipped, probes = stored[name]
         labels = wanted_labels(grid, cands, skipped)[0]
         probe = probes[grid.probe] if probe_loss is not None else {"label": None, "raw_sensitivity": 1.0}
+        second = probes.get(grid.probe2) if probe_loss is not None and grid.probe2 else None
         tensors[name] = TensorMeasure(name, tuple(int(d) for d in state_dict[name].shape), 0.0, probe,
-                                      {l: cands[l] for l in labels if l in cands})
+                                      {l: cands[l] for l in labels if l in cands}, curve_exponent(probe, second))
         total += len(labels)
     _set_sensitivities(tensors)
     return Measurement(tensors, grid, ckpt, {"measured": state["measured"], "cached": total - state["measured"],
@@ -490,19 +507,35 @@ def _store(result: tuple, stored: dict, grid: Grid, probe_loss, state: dict) -> 
     model) and write its cache file at once."""
     name, cands, skipped, count, probe = result
     path, _, _, probes = stored[name]
-    if probe is not None:
+    for label, fig in (probe or {}).items():
         if state["base_loss"] is None:
             state["base_loss"] = probe_loss({})
         base = state["base_loss"]
-        loss = probe_loss({name: probe["w_hat"]})
-        d = probe["distortion"]
-        probes[grid.probe] = {"label": grid.probe, "loss": loss, "base_loss": base, "dloss": loss - base,
-                              "distortion": d, "raw_sensitivity": (loss - base) / d if d > 0 else 0.0}
+        loss = probe_loss({name: fig["w_hat"]})
+        d = fig["distortion"]
+        probes[label] = {"label": label, "loss": loss, "base_loss": base, "dloss": loss - base,
+                         "distortion": d, "raw_sensitivity": (loss - base) / d if d > 0 else 0.0}
     stored[name] = (path, cands, set(skipped), probes)
     state["measured"] += count
     state["done"] += 1
     if path is not None:
         atomic_write_json(path, {"name": name, "candidates": cands, "probes": probes, "skipped": list(skipped)})
+
+
+# the curve's exponent is kept within these: two probes cannot pin more than a gentle bend
+EXPONENT_RANGE = (0.5, 1.5)
+
+
+def curve_exponent(probe: dict, second: dict | None) -> float:
+    """The exponent b of Δloss = c D^b through the two probes (1 when the second is missing, or
+    either Δloss is lost in noise, or the distortions coincide), clamped to EXPONENT_RANGE."""
+    if not second or probe.get("dloss", 0) <= 0 or second.get("dloss", 0) <= 0:
+        return 1.0
+    d0, d1 = probe["distortion"], second["distortion"]
+    if d0 <= 0 or d1 <= 0 or abs(math.log(d0 / d1)) < 1e-3:
+        return 1.0
+    b = math.log(probe["dloss"] / second["dloss"]) / math.log(d0 / d1)
+    return float(min(max(b, EXPONENT_RANGE[0]), EXPONENT_RANGE[1]))
 
 
 def _set_sensitivities(tensors: dict[str, TensorMeasure]) -> None:
