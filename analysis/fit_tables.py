@@ -10,7 +10,7 @@ from pathlib import Path
 from artifact.measure import Choice
 from artifact.runtime.files import atomic_writer
 
-CSV_COLUMNS = ("name", "layer", "kind", "params", "bits", "clip", "gptq", "lqer_rank", "prune", "codec", "bytes",
+CSV_COLUMNS = ("name", "layer", "kind", "params", "bits", "clip", "gptq", "lqer_rank", "prune", "rd", "codec", "bytes",
                "bits_per_weight", "share_of_budget", "distortion", "predicted_dloss")
 CANDIDATE_COLUMNS = ("name", "kind", "label", "bytes", "distortion", "predicted_dloss", "chosen")
 
@@ -56,7 +56,7 @@ def tensor_rows(measurement, choices: dict[str, str], budget_bytes: int) -> list
         layer = "" if layer is None else layer
         rows.append({"name": name, "layer": layer, "kind": kind,
                      "params": t.params, "bits": c.bits, "clip": c.clip, "gptq": c.gptq, "lqer_rank": c.lqer_rank,
-                     "prune": c.prune, "codec": c.codec, "bytes": fig["bytes"],
+                     "prune": c.prune, "rd": c.rd, "codec": c.codec, "bytes": fig["bytes"],
                      "bits_per_weight": fig["bytes"] * 8 / t.params, "share_of_budget": fig["bytes"] / budget_bytes,
                      "distortion": fig["distortion"], "predicted_dloss": t.predicted_dloss(label)})
     return rows
