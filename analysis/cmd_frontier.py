@@ -55,7 +55,8 @@ def add_frontier_arguments(p) -> None:
 
 def _frontier_text(result: dict) -> str:
     pd.set_option("display.width", 220, "display.max_columns", 20)
-    cols = ["recipe", "config", "bytes", "recipe_gap", "fit_gap", "ratio", "win", "noise", "pred_over_real"]
+    cols = ["recipe", "config", "bytes", "recipe_gap", "fit_gap", "ratio", "win", "noise", "pred_over_real",
+            "pred_over_cal"]
     return (pd.DataFrame(result["rows"])[cols].round(5).to_string(index=False)
             + f"\nunquantized bpb {result['reference_bpb']:.5f} on {result['val_tokens']:,} val tokens "
               f"({result['segments']} parts); {result['seconds']:.0f} s")

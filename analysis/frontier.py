@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from dataclasses import dataclass
 import time
 from typing import Callable
 
@@ -29,9 +30,11 @@ from artifact.budget import resolve_budget
 from artifact.fit import counted_code_bytes, fit
 from artifact.measure import Choice, Measurement
 from artifact.pack import pack_state_dict, recipe_needs_hessians
-from artifact.pipeline import prepare, recipe_hessians
+from artifact.calibrate import batches_from_tokens
+from artifact.pipeline import prepare, probe_loss_fn, probe_seqs, recipe_hessians
 from artifact.recipe import load_recipe
 from artifact.runtime.scoring import eval_flat, val_stream
+from artifact.runtime.shards import load_tokens
 from artifact.submission import BLOB, plan_files
 
 DEFAULT_RECIPES = ("record-1855", "seed-004", "seed-003", "seed-002", "seed-001", "seed-000")
@@ -101,23 +104,45 @@ def recipe_points(p: dict, data, recipes, scorer: SegmentScorer, log=None) -> li
     return out
 
 
-def fit_point(p: dict, m: Measurement, total_bytes: int, scorer: SegmentScorer) -> dict:
-    """The budget fit at `total_bytes` (compact code counted), packed and scored."""
+def calibration_loss(p: dict) -> Callable[[dict], float]:
+    """The measurement's own probe loss (the same calibration sequences as `prepare`'s probes)."""
+    n = probe_seqs(sum(t.numel() for t in p["state"].values()), p["seq_len"])
+    tokens = load_tokens(p["data"].require_train(), p["cfg"].vocab_size)
+    batches = batches_from_tokens(tokens, n, p["seq_len"] + 1, n, p["calibration"]["offset"])
+    return probe_loss_fn(p["model"], batches)
+
+
+def fit_point(p: dict, m: Measurement, total_bytes: int, scorer: SegmentScorer, cal_loss=None,
+              fit_kwargs: dict | None = None) -> dict:
+    """The budget fit at `total_bytes` (compact code counted), packed and scored; with
+    `cal_loss`, also the chosen set's real Δloss on the calibration probes (the interaction
+    check: the additive model's prediction against the joint effect, on the tokens it was
+    measured on)."""
     budget = resolve_budget(total_bytes)
     code = counted_code_bytes(p["cfg"].to_dict(), {"seq_len": p["seq_len"]}, budget, compact=True)
-    res = fit(p["state"], m, budget, code, p["hessians"], calibration=p["calibration"])
+    res = fit(p["state"], m, budget, code, p["hessians"], calibration=p["calibration"], **(fit_kwargs or {}))
+    cal = cal_loss({k: v for k, v in res.packed.dequantized.items() if k in m.tensors}) - cal_loss({}) if cal_loss else None
     _load(p["model"], res.packed.dequantized, p["state"])
     try:
         score = scorer(p["model"])
     finally:
         _load(p["model"], p["state"], p["state"])
-    return {"bytes": res.real_total, "predicted_dloss": res.predicted_loss, **score,
+    return {"bytes": res.real_total, "predicted_dloss": res.predicted_loss, "cal_dloss": cal, **score,
             "labels": sorted(set(res.choices.values()))}
 
 
-def hiding(pred: Callable[[str], bool]) -> Callable[[Measurement], Measurement]:
+@dataclass(frozen=True)
+class Lever:
+    """What switching a lever off does: to the measurement (hide its candidates, or undo its
+    change to the loss model) and to the fit's keyword arguments."""
+
+    off: Callable[[Measurement], Measurement] = lambda m: m
+    fit_off: tuple = ()  # (key, value) pairs passed to `fit` when the lever is off
+
+
+def hiding(pred: Callable[[str], bool]) -> Lever:
     """A lever made of candidates: switching it off hides the labels `pred` marks."""
-    return lambda m: restrict(m, pred)
+    return Lever(lambda m: restrict(m, pred))
 
 
 def linear_loss(m: Measurement) -> Measurement:
@@ -125,27 +150,26 @@ def linear_loss(m: Measurement) -> Measurement:
     return dataclasses.replace(m, tensors={n: dataclasses.replace(t, exponent=1.0) for n, t in m.tensors.items()})
 
 
-# lever name -> what switching it off does to a measurement (hide its candidates, or undo its
-# change to the loss model)
-LEVERS: dict[str, Callable[[Measurement], Measurement]] = {
+LEVERS: dict[str, Lever] = {
     "rd": hiding(lambda label: Choice.parse(label).rd > 0),  # rate-aware rounding lambdas
     "transpose": hiding(lambda label: Choice.parse(label).codec.startswith("transpose+")),  # column-major brotli
-    "curve": linear_loss,  # the second probe's per-tensor curve
+    "curve": Lever(linear_loss),  # the second probe's per-tensor curve
+    "share": Lever(fit_off=(("share_streams", False),)),  # small ANS tensors sharing a stream
 }
 
 
-def lever_configs(levers: list[str]) -> dict[str, Callable[[Measurement], Measurement]]:
-    """{config name: measurement transform}: all levers on, each one off, and none."""
-    configs = {"all": lambda m: m}
+def lever_configs(levers: list[str]) -> dict[str, tuple[Callable[[Measurement], Measurement], dict]]:
+    """{config name: (measurement transform, fit kwargs)}: all levers on, each one off, none."""
+    configs = {"all": (lambda m: m, {})}
     for name in levers:
-        configs[f"-{name}"] = LEVERS[name]
+        configs[f"-{name}"] = (LEVERS[name].off, dict(LEVERS[name].fit_off))
 
     def none(m: Measurement) -> Measurement:
         for n in levers:
-            m = LEVERS[n](m)
+            m = LEVERS[n].off(m)
         return m
     if levers:
-        configs["none"] = none
+        configs["none"] = (none, {k: v for n in levers for k, v in LEVERS[n].fit_off})
     return configs
 
 
@@ -153,19 +177,21 @@ def frontier(checkpoint, data, cache, recipes=DEFAULT_RECIPES, max_tokens: int =
              segments: int = DEFAULT_SEGMENTS, levers: list[str] | None = None, grid=None,
              progress=None, log=None) -> dict:
     """Rows {checkpoint, recipe, config, bytes, recipe_gap, fit_gap, ratio, win, noise,
-    predicted_dloss, real_dloss, pred_over_real} for each recipe's bytes and lever config."""
+    predicted_dloss, real_dloss, pred_over_real, pred_over_cal, labels} for each recipe's bytes and
+    lever config."""
     t0 = time.perf_counter()
     torch.manual_seed(0)
     p = prepare(checkpoint, data, cache, grid, progress, jobs=None)
     scorer = SegmentScorer(p["data"], p["cfg"].vocab_size, p["seq_len"], max_tokens, segments)
+    cal_loss = calibration_loss(p)
     ref = scorer(p["model"])
     points = recipe_points(p, data, recipes, scorer, log)
     levers = list(LEVERS) if levers is None else levers
     rows = []
-    for cname, off in lever_configs(levers).items():
+    for cname, (off, fit_kwargs) in lever_configs(levers).items():
         m = off(p["measurement"])
         for pt in points:
-            f = fit_point(p, m, pt["bytes"], scorer)
+            f = fit_point(p, m, pt["bytes"], scorer, cal_loss, fit_kwargs)
             win = pt["parts"] - f["parts"]
             real = f["loss"] - ref["loss"]
             rows.append({"checkpoint": str(checkpoint), "recipe": pt["recipe"], "config": cname, "bytes": pt["bytes"],
@@ -173,7 +199,9 @@ def frontier(checkpoint, data, cache, recipes=DEFAULT_RECIPES, max_tokens: int =
                          "ratio": (f["bpb"] - ref["bpb"]) / (pt["bpb"] - ref["bpb"]),
                          "win": pt["bpb"] - f["bpb"], "noise": float(win.std(ddof=1) / math.sqrt(len(win))),
                          "predicted_dloss": f["predicted_dloss"], "real_dloss": real,
-                         "pred_over_real": f["predicted_dloss"] / real if real > 0 else float("nan")})
+                         "pred_over_real": f["predicted_dloss"] / real if real > 0 else float("nan"),
+                         "pred_over_cal": f["predicted_dloss"] / f["cal_dloss"] if f["cal_dloss"] > 0 else float("nan"),
+                         "labels": f["labels"]})
             if log is not None:
                 r = rows[-1]
                 log(f"frontier: {cname} at {pt['recipe']}: ratio {r['ratio']:.3f} win {r['win']:.5f} "
