@@ -19,23 +19,23 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 
 from artifact.budget import resolve_budget
+from artifact.calibrate import batches_from_tokens
 from artifact.fit import counted_code_bytes, fit
 from artifact.measure import Choice, Measurement
 from artifact.pack import pack_state_dict, recipe_needs_hessians
-from artifact.calibrate import batches_from_tokens
 from artifact.pipeline import prepare, probe_loss_fn, probe_seqs, recipe_hessians
 from artifact.recipe import load_recipe
 from artifact.runtime.scoring import eval_flat, val_stream
 from artifact.runtime.shards import load_tokens
-from artifact.submission import BLOB, plan_files
+from artifact.submission import plan_files
 
 DEFAULT_RECIPES = ("record-1855", "seed-004", "seed-003", "seed-002", "seed-001", "seed-000")
 DEFAULT_TOKENS = 65536

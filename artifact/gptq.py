@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from artifact.runtime.errors import ConfigError
 from artifact.quant import Quantized, QuantSpec, quantize_tensor
 from artifact.rdround import code_lengths, rate_weight, rd_round
+from artifact.runtime.errors import ConfigError
 
 
 @dataclass(frozen=True)

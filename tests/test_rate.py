@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_gptq import bundled_model, real_matrices
 
 from analysis.bench_gptq import reference_gptq
 from artifact import codec
@@ -20,7 +21,6 @@ from artifact.rdround import code_lengths, rd_round
 from artifact.recipe import parse_recipe
 from artifact.runtime.decoder import decode
 from artifact.runtime.errors import ConfigError
-from test_gptq import bundled_model, real_matrices
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SPEC = dict(bits=5, clip=ClipRule.from_config("sdclip:12.85"))
