@@ -127,7 +127,9 @@ def fit_point(p: dict, m: Measurement, total_bytes: int, scorer: SegmentScorer, 
         score = scorer(p["model"])
     finally:
         _load(p["model"], p["state"], p["state"])
-    return {"bytes": res.real_total, "predicted_dloss": res.predicted_loss, "cal_dloss": cal, **score,
+    tensor_bytes = sum(m.tensors[n].candidates[l]["bytes"] for n, l in res.choices.items())
+    return {"bytes": res.real_total, "tensor_bytes": tensor_bytes, "predicted_dloss": res.predicted_loss,
+            "cal_dloss": cal, **score,
             "labels": sorted(set(res.choices.values()))}
 
 
@@ -201,7 +203,7 @@ def frontier(checkpoint, data, cache, recipes=DEFAULT_RECIPES, max_tokens: int =
                          "predicted_dloss": f["predicted_dloss"], "real_dloss": real,
                          "pred_over_real": f["predicted_dloss"] / real if real > 0 else float("nan"),
                          "pred_over_cal": f["predicted_dloss"] / f["cal_dloss"] if f["cal_dloss"] > 0 else float("nan"),
-                         "labels": f["labels"]})
+                         "tensor_bytes": f["tensor_bytes"], "labels": f["labels"]})
             if log is not None:
                 r = rows[-1]
                 log(f"frontier: {cname} at {pt['recipe']}: ratio {r['ratio']:.3f} win {r['win']:.5f} "

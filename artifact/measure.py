@@ -155,6 +155,7 @@ class Grid:
     probe: str = "int4/sdclip:8/rtn/r0/p0/ans"  # the coarse config whose real loss change sets sens
     probe2: str | None = "int6/sdclip:12.85/rtn/r0/p0/ans"  # a finer one: with it, a curve per tensor
     rds: tuple[float, ...] = (0.05, 0.15, 0.4)
+    rtn_with_hessian: bool = False  # round-to-nearest candidates also for tensors GPTQ can take
     hull_codecs: tuple[str, ...] = ("brotli-11", "transpose+brotli-11")
 
     def __post_init__(self):
@@ -181,6 +182,11 @@ class Grid:
     @property
     def probes(self) -> tuple[str, ...]:
         return (self.probe,) + ((self.probe2,) if self.probe2 and self.probe2 != self.probe else ())
+
+    def has_gptq(self, c: Choice) -> bool:
+        """A round-to-nearest candidate whose GPTQ twin the grid measures (and so drops it
+        for tensors with a Hessian unless `rtn_with_hessian`)."""
+        return not self.rtn_with_hessian and True in self.gptq and self._gptq_ok(c.bits, c.clip, True)
 
     def first_stage(self, c: Choice) -> bool:
         """Measured on every base (the rest only on the hull of these when `lqer_on_hull`)."""
@@ -318,12 +324,16 @@ def _lqer_figures(w: Tensor, w_hat: Tensor, ranks: list[int], h32, grid: Grid) -
 def measure_tensor(name: str, w: Tensor, hessian: Tensor | None, grid: Grid,
                    labels: list[str]) -> dict[str, dict]:
     """{label: figures} for the given candidate labels of one tensor (labels whose LQER rank the
-    shape cannot take, and GPTQ labels of a tensor without a Hessian, are left out)."""
+    shape cannot take, GPTQ labels of a tensor without a Hessian, and round-to-nearest labels
+    with a GPTQ twin of a tensor with one (`Grid.has_gptq`), are left out)."""
     w = w.detach().float()
     h32 = hessian.float() if hessian is not None else None
     out: dict[str, dict] = {}
-    # no Hessian (a table no linear layer reads): GPTQ candidates would only repeat rounding
-    wanted = [c for c in map(Choice.parse, labels) if hessian is not None or not c.gptq]
+    # no Hessian (a table no linear layer reads): GPTQ candidates would only repeat rounding;
+    # with one, round-to-nearest is left out where the grid has GPTQ at the same bits and clip,
+    # unless it asks (GPTQ dominates it: 37 of 684 hull bases of the small checkpoint were RTN)
+    wanted = [c for c in map(Choice.parse, labels)
+              if (hessian is not None or not c.gptq) and (c.gptq or hessian is None or not grid.has_gptq(c))]
     for base in sorted({c.base for c in wanted}):
         mine = [c for c in wanted if c.base == base]
         q = _quantize(name, w, *base[:3], hessian, base[3], base[4])
