@@ -29,7 +29,7 @@ import torch
 from artifact.budget import resolve_budget
 from artifact.calibrate import batches_from_tokens
 from artifact.fit import counted_code_bytes, fit
-from artifact.measure import Choice, Measurement
+from artifact.measure import Choice, Grid, Measurement
 from artifact.pack import pack_state_dict, recipe_needs_hessians
 from artifact.pipeline import prepare, probe_loss_fn, probe_seqs, recipe_hessians
 from artifact.recipe import load_recipe
@@ -40,6 +40,10 @@ from artifact.submission import plan_files
 DEFAULT_RECIPES = ("record-1855", "seed-004", "seed-003", "seed-002", "seed-001", "seed-000")
 DEFAULT_TOKENS = 65536
 DEFAULT_SEGMENTS = 8
+# a cheaper grid for large or slow checkpoints: two clips, no pruning, no brotli codecs (the
+# levers rd and curve still measured)
+QUICK_GRID = Grid(clips=("sdclip:8", "sdclip:12.85"), prunes=(0.0,), hull_codecs=(),
+                  probe2="int6/sdclip:12.85/rtn/r0/p0/ans")
 
 
 
