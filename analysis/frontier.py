@@ -159,7 +159,7 @@ def linear_loss(m: Measurement) -> Measurement:
 LEVERS: dict[str, Lever] = {
     "rd": hiding(lambda label: Choice.parse(label).rd > 0),  # rate-aware rounding lambdas
     "transpose": hiding(lambda label: Choice.parse(label).codec.startswith("transpose+")),  # column-major brotli
-    "curve": Lever(linear_loss),  # the second probe's per-tensor curve
+    "curve": Lever(linear_loss),  # the second probe's per-tensor curve (a no-op unless the grid has probe2)
     "share": Lever(fit_off=(("share_streams", False),)),  # small ANS tensors sharing a stream
 }
 

@@ -153,7 +153,10 @@ class Grid:
     lqer_codec: str = DEFAULT_LQER_CODEC
     min_numel: int = 4096
     probe: str = "int4/sdclip:8/rtn/r0/p0/ans"  # the coarse config whose real loss change sets sens
-    probe2: str | None = "int6/sdclip:12.85/rtn/r0/p0/ans"  # a finer one: with it, a curve per tensor
+    # a second, finer probe gives each tensor a Δloss curve (TensorMeasure.exponent); off by
+    # default: on the bundled checkpoint the curve raised the fit's gap (bench-frontier, lever
+    # "curve") and pushed predicted/real Δloss from ~0.85 to ~0.55
+    probe2: str | None = None
     rds: tuple[float, ...] = (0.05, 0.15, 0.4)
     rtn_with_hessian: bool = False  # round-to-nearest candidates also for tensors GPTQ can take
     hull_codecs: tuple[str, ...] = ("brotli-11", "transpose+brotli-11")
