@@ -38,6 +38,7 @@ from artifact.runtime.shards import load_tokens
 from artifact.submission import plan_files
 
 DEFAULT_RECIPES = ("record-1855", "seed-004", "seed-003", "seed-002", "seed-001", "seed-000")
+DEFAULT_ABLATE_AT = ("record-1855", "seed-004")
 DEFAULT_TOKENS = 65536
 DEFAULT_SEGMENTS = 8
 # a cheaper grid for large or slow checkpoints: two clips, no pruning, no brotli codecs (the
@@ -161,6 +162,8 @@ LEVERS: dict[str, Lever] = {
     "transpose": hiding(lambda label: Choice.parse(label).codec.startswith("transpose+")),  # column-major brotli
     "curve": Lever(linear_loss),  # the second probe's per-tensor curve (a no-op unless the grid has probe2)
     "share": Lever(fit_off=(("share_streams", False),)),  # small ANS tensors sharing a stream
+    "method": Lever(lambda m: dataclasses.replace(m, tensors={  # method-matched probe sensitivities
+        n: dataclasses.replace(t, method_sensitivity={}) for n, t in m.tensors.items()})),
 }
 
 
@@ -181,10 +184,10 @@ def lever_configs(levers: list[str]) -> dict[str, tuple[Callable[[Measurement], 
 
 def frontier(checkpoint, data, cache, recipes=DEFAULT_RECIPES, max_tokens: int = DEFAULT_TOKENS,
              segments: int = DEFAULT_SEGMENTS, levers: list[str] | None = None, grid=None,
-             progress=None, log=None) -> dict:
+             progress=None, log=None, ablate_at=DEFAULT_ABLATE_AT) -> dict:
     """Rows {checkpoint, recipe, config, bytes, recipe_gap, fit_gap, ratio, win, noise,
-    predicted_dloss, real_dloss, pred_over_real, pred_over_cal, labels} for each recipe's bytes and
-    lever config."""
+    predicted_dloss, real_dloss, pred_over_real, pred_over_cal, labels}: "all" at every recipe's
+    bytes, the other lever configs at the bytes of the recipes in `ablate_at`."""
     t0 = time.perf_counter()
     torch.manual_seed(0)
     p = prepare(checkpoint, data, cache, grid, progress, jobs=None)
@@ -197,6 +200,8 @@ def frontier(checkpoint, data, cache, recipes=DEFAULT_RECIPES, max_tokens: int =
     for cname, (off, fit_kwargs) in lever_configs(levers).items():
         m = off(p["measurement"])
         for pt in points:
+            if cname != "all" and pt["recipe"] not in ablate_at:
+                continue  # the ablation runs at the named recipes' bytes only
             f = fit_point(p, m, pt["bytes"], scorer, cal_loss, fit_kwargs)
             win = pt["parts"] - f["parts"]
             real = f["loss"] - ref["loss"]

@@ -157,6 +157,11 @@ class Grid:
     # default: on the bundled checkpoint the curve raised the fit's gap (bench-frontier, lever
     # "curve") and pushed predicted/real Δloss from ~0.85 to ~0.55
     probe2: str | None = None
+    # method-matched probes: GPTQ and rate-aware candidates take their sensitivity from a probe
+    # rounded the same way (distortion measures only the layer's output; a tied embedding's
+    # input role sees GPTQ's and rate-aware rounding's error differently: 5x under-predicted)
+    probe_gptq: str | None = "int4/sdclip:8/gptq/r0/p0/ans"
+    probe_rd: str | None = "int4/sdclip:8/gptq/r0/p0/rd0.15/ans"
     rds: tuple[float, ...] = (0.05, 0.15, 0.4)
     rtn_with_hessian: bool = False  # round-to-nearest candidates also for tensors GPTQ can take
     hull_codecs: tuple[str, ...] = ("brotli-11", "transpose+brotli-11")
@@ -184,7 +189,16 @@ class Grid:
 
     @property
     def probes(self) -> tuple[str, ...]:
-        return (self.probe,) + ((self.probe2,) if self.probe2 and self.probe2 != self.probe else ())
+        extra = [p for p in (self.probe2, self.probe_gptq, self.probe_rd) if p and p != self.probe]
+        return (self.probe, *dict.fromkeys(extra))
+
+    def method_probe(self, c: Choice) -> str:
+        """The probe whose sensitivity a candidate takes: rate-aware, GPTQ, else the plain one."""
+        if c.rd and self.probe_rd:
+            return self.probe_rd
+        if c.gptq and self.probe_gptq:
+            return self.probe_gptq
+        return self.probe
 
     def has_gptq(self, c: Choice) -> bool:
         """A round-to-nearest candidate whose GPTQ twin the grid measures (and so drops it
@@ -222,6 +236,11 @@ class TensorMeasure:
     probe: dict
     candidates: dict[str, dict]
     exponent: float = 1.0
+    # {probe label: sensitivity} of the method-matched probes (Grid.method_probe picks one per
+    # candidate); a candidate whose probe is missing uses `sensitivity`
+    method_sensitivity: dict[str, float] = field(default_factory=dict)
+    method_of: dict[str, str] = field(default_factory=dict)  # candidate label -> its probe label
+    probes: dict[str, dict] = field(default_factory=dict)  # every probe's figures, by label
 
     @property
     def params(self) -> int:
@@ -229,10 +248,11 @@ class TensorMeasure:
 
     def predicted_dloss(self, label: str) -> float:
         d = self.candidates[label]["distortion"]
+        sens = self.method_sensitivity.get(self.method_of.get(label, ""), self.sensitivity)
         d0 = self.probe.get("distortion") or 0.0
         if self.exponent == 1.0 or d0 <= 0 or d <= 0:
-            return self.sensitivity * d
-        return self.sensitivity * d0 * (d / d0) ** self.exponent
+            return sens * d
+        return sens * d0 * (d / d0) ** self.exponent
 
 
 @dataclass
@@ -475,7 +495,8 @@ def measure(state_dict: dict[str, Tensor], hessians: dict[str, Tensor], grid: Gr
         cands, skipped = dict(data.get("candidates", {})), set(data.get("skipped", []))
         probes = dict(data.get("probes", {}))
         stored[name] = (path, cands, skipped, probes)
-        need_probe = [l for l in grid.probes if l not in probes] if probe_loss is not None else []
+        usable = [l for l in grid.probes if hessians.get(name) is not None or not Choice.parse(l).gptq]
+        need_probe = [l for l in usable if l not in probes] if probe_loss is not None else []
         if _missing(grid, cands, skipped)[0] or need_probe:
             jobs_todo.append((name, state_dict[name].detach().cpu(), hessians.get(name), grid, cands,
                               sorted(skipped), need_probe))
@@ -494,10 +515,13 @@ def measure(state_dict: dict[str, Tensor], hessians: dict[str, Tensor], grid: Gr
         labels = wanted_labels(grid, cands, skipped)[0]
         probe = probes[grid.probe] if probe_loss is not None else {"label": None, "raw_sensitivity": 1.0}
         second = probes.get(grid.probe2) if probe_loss is not None and grid.probe2 else None
-        tensors[name] = TensorMeasure(name, tuple(int(d) for d in state_dict[name].shape), 0.0, probe,
-                                      {l: cands[l] for l in labels if l in cands}, curve_exponent(probe, second))
+        kept = {l: cands[l] for l in labels if l in cands}
+        tensors[name] = TensorMeasure(name, tuple(int(d) for d in state_dict[name].shape), 0.0, probe, kept,
+                                      curve_exponent(probe, second),
+                                      method_of={l: grid.method_probe(Choice.parse(l)) for l in kept},
+                                      probes=dict(probes) if probe_loss is not None else {})
         total += len(labels)
-    _set_sensitivities(tensors)
+    _set_sensitivities(tensors, grid)
     return Measurement(tensors, grid, ckpt, {"measured": state["measured"], "cached": total - state["measured"],
                                              "tensors": len(names), "jobs": jobs,
                                              "seconds": time.perf_counter() - t0}, cache)
@@ -551,11 +575,16 @@ def curve_exponent(probe: dict, second: dict | None) -> float:
     return float(min(max(b, EXPONENT_RANGE[0]), EXPONENT_RANGE[1]))
 
 
-def _set_sensitivities(tensors: dict[str, TensorMeasure]) -> None:
+def _set_sensitivities(tensors: dict[str, TensorMeasure], grid: Grid | None = None) -> None:
     """Sensitivity = the probe's Δloss / distortion, floored at a fraction of the median so a
-    probe lost in noise (Δloss <= 0) cannot make a tensor look free."""
+    probe lost in noise (Δloss <= 0) cannot make a tensor look free; the same per method-matched
+    probe, floored at the plain sensitivity's floor (a tensor without a Hessian has no GPTQ
+    probe: its candidates use the plain one)."""
     raw = [t.probe.get("raw_sensitivity", 1.0) for t in tensors.values()]
     positive = [r for r in raw if r > 0]
     floor = SENSITIVITY_FLOOR * float(np.median(positive)) if positive else 1.0
     for t, r in zip(tensors.values(), raw):
         t.sensitivity = max(float(r), floor)
+        for label in (grid.probes[1:] if grid is not None else ()):
+            if label in t.probes and label != grid.probe2:
+                t.method_sensitivity[label] = max(float(t.probes[label]["raw_sensitivity"]), floor)
