@@ -12,7 +12,12 @@ rule x GPTQ on/off x magnitude-pruning fraction x LQER rank x codec) this module
   through `artifact.pack`'s own code path).
 A per-tensor sensitivity turns distortion into a predicted loss increase: quantize only that
 tensor at one coarse probe configuration, measure the real loss increase on calibration tokens
-(`probe_loss`), divide by the probe's distortion.
+(`probe_loss`), divide by the probe's distortion. Method-matched probes (`Grid.probe_gptq`,
+`Grid.probe_rd`): GPTQ and rate-aware candidates take the sensitivity of a probe rounded the
+same way, because the distortion metric sees only a layer's output — the tied embedding's
+input role is hurt far more by GPTQ's error pattern than the metric says (5x on the bundled
+checkpoint). An optional second probe (`Grid.probe2`) fits a Δloss curve per tensor; it is off
+by default because it did not pay.
 
 Coarse to fine. LQER ranks > 0, rate-aware rounding lambdas > 0 (artifact.rdround) and the
 slower codecs (brotli-11, transpose+brotli-11) are measured only where they can pay off

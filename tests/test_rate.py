@@ -115,3 +115,19 @@ def test_curve_exponent_through_two_probes():
     assert curve_exponent(p1, {"dloss": -1e-6, "distortion": 10.0}) == 1.0  # lost in noise
     t = TensorMeasure("w", (4, 4), 4e-4, {"distortion": 100.0}, {"x": {"distortion": 10.0}}, exponent=1.2)
     assert t.predicted_dloss("x") == pytest.approx(4e-4 * 100.0 * 0.1 ** 1.2)
+
+
+def test_method_matched_probes_set_each_candidates_sensitivity():
+    from artifact.measure import _set_sensitivities
+
+    g = Grid()
+    gptq, rated, plain = ("int5/sdclip:8/gptq/r0/p0/ans", "int5/sdclip:8/gptq/r0/p0/rd0.15/ans",
+                          "int5/sdclip:8/rtn/r0/p0/ans")
+    assert [g.method_probe(Choice.parse(l)) for l in (gptq, rated, plain)] == [g.probe_gptq, g.probe_rd, g.probe]
+    cands = {l: {"distortion": 1.0} for l in (gptq, rated, plain)}
+    t = TensorMeasure("w", (4, 4), 0.0, {"raw_sensitivity": 2.0}, cands,
+                      method_of={l: g.method_probe(Choice.parse(l)) for l in cands},
+                      probes={g.probe_gptq: {"raw_sensitivity": 10.0}, g.probe_rd: {"raw_sensitivity": -1.0}})
+    _set_sensitivities({"w": t}, g)
+    # GPTQ from its own probe; a probe lost in noise is floored (5% of the median plain one)
+    assert [t.predicted_dloss(l) for l in (gptq, rated, plain)] == pytest.approx([10.0, 0.1, 2.0])
