@@ -7,7 +7,7 @@ import pandas as pd
 
 from analysis.bench_gptq import run_bench as run_gptq_bench
 from analysis.cliutil import Meter, add_json_flag, emit, say
-from analysis.frontier import DEFAULT_RECIPES, DEFAULT_SEGMENTS, DEFAULT_TOKENS, LEVERS, QUICK_GRID, frontier
+from analysis.frontier import DEFAULT_ABLATE_AT, DEFAULT_RECIPES, DEFAULT_SEGMENTS, DEFAULT_TOKENS, LEVERS, QUICK_GRID, frontier
 from artifact.runtime.errors import ConfigError
 from train.bundled import BUNDLED_CHECKPOINT, BUNDLED_DATA
 
@@ -48,6 +48,9 @@ def add_frontier_arguments(p) -> None:
                    help=f"comma-separated levers to ablate, '' for none (default: all: {','.join(LEVERS)})")
     p.add_argument("--max-tokens", type=int, default=DEFAULT_TOKENS, metavar="N",
                    help=f"val prefix scored (default: {DEFAULT_TOKENS})")
+    p.add_argument("--ablate-at", default=",".join(DEFAULT_ABLATE_AT), metavar="RECIPES",
+                   help=f"recipes at whose bytes the lever configurations other than 'all' run "
+                        f"(default: {','.join(DEFAULT_ABLATE_AT)})")
     p.add_argument("--quick", action="store_true",
                    help="a cheaper grid: clips sdclip:8/12.85, no pruning, no brotli codecs (default: the full grid)")
     p.add_argument("--segments", type=int, default=DEFAULT_SEGMENTS, metavar="N",
@@ -71,6 +74,6 @@ def run_frontier(args) -> int:
         raise ConfigError(f"unknown levers {unknown} (known: {', '.join(LEVERS)})")
     result = frontier(args.checkpoint, args.data, args.cache, [r for r in args.recipes.split(",") if r],
                       args.max_tokens, args.segments, levers, grid=QUICK_GRID if args.quick else None,
-                      progress=Meter, log=say)
+                      progress=Meter, log=say, ablate_at=tuple(r for r in args.ablate_at.split(",") if r))
     emit(result, args.json, _frontier_text)
     return 0
