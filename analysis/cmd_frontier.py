@@ -45,7 +45,8 @@ def add_frontier_arguments(p) -> None:
     p.add_argument("--recipes", default=",".join(DEFAULT_RECIPES),
                    help=f"recipes whose bytes the fit is tried at (default: {','.join(DEFAULT_RECIPES)})")
     p.add_argument("--levers", default=None,
-                   help=f"comma-separated levers to ablate, '' for none (default: all: {','.join(LEVERS)})")
+                   help=f"comma-separated levers to ablate, '' for none (default: every one the grid has, of "
+                        f"{','.join(LEVERS)}; curve only with a second probe)")
     p.add_argument("--max-tokens", type=int, default=DEFAULT_TOKENS, metavar="N",
                    help=f"val prefix scored (default: {DEFAULT_TOKENS})")
     p.add_argument("--ablate-at", default=",".join(DEFAULT_ABLATE_AT), metavar="RECIPES",

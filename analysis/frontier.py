@@ -195,7 +195,8 @@ def frontier(checkpoint, data, cache, recipes=DEFAULT_RECIPES, max_tokens: int =
     cal_loss = calibration_loss(p)
     ref = scorer(p["model"])
     points = recipe_points(p, data, recipes, scorer, log)
-    levers = list(LEVERS) if levers is None else levers
+    if levers is None:  # every lever the measurement has (the curve needs a grid with probe2)
+        levers = [n for n in LEVERS if n != "curve" or p["measurement"].grid.probe2]
     rows = []
     for cname, (off, fit_kwargs) in lever_configs(levers).items():
         m = off(p["measurement"])
