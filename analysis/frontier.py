@@ -41,10 +41,9 @@ DEFAULT_RECIPES = ("record-1855", "seed-004", "seed-003", "seed-002", "seed-001"
 DEFAULT_ABLATE_AT = ("record-1855", "seed-004")
 DEFAULT_TOKENS = 65536
 DEFAULT_SEGMENTS = 8
-# a cheaper grid for large or slow checkpoints: two clips, no pruning, no brotli codecs (the
-# levers rd and curve still measured)
-QUICK_GRID = Grid(clips=("sdclip:8", "sdclip:12.85"), prunes=(0.0,), hull_codecs=(),
-                  probe2="int6/sdclip:12.85/rtn/r0/p0/ans")
+# a cheaper grid for large or slow checkpoints: two clips, no pruning, no brotli codecs (rate-aware
+# rounding and the method-matched probes still measured)
+QUICK_GRID = Grid(clips=("sdclip:8", "sdclip:12.85"), prunes=(0.0,), hull_codecs=())
 
 
 
