@@ -32,8 +32,8 @@ from dataclasses import dataclass  # noqa: E402
 from importlib.metadata import PackageNotFoundError, version  # noqa: E402
 from typing import Callable  # noqa: E402
 
-from analysis import (cmd_bench, cmd_data, cmd_eval, cmd_export, cmd_fit, cmd_pack, cmd_record,  # noqa: E402
-                      cmd_report, cmd_train)
+from analysis import (cmd_bench, cmd_data, cmd_eval, cmd_export, cmd_fit, cmd_frontier, cmd_pack,  # noqa: E402
+                      cmd_record, cmd_report, cmd_train)
 from analysis.cliutil import configure  # noqa: E402
 from artifact.runtime.errors import GolfError  # noqa: E402
 
@@ -153,6 +153,16 @@ COMMANDS = (
             "in a worker with time and memory limits; prints the cases per mutation kind and outcome "
             "(clean error / identical output / silent difference / crash / hang / memory) and the "
             "worst decodes. Exit 1 if any case lands in the last four."),
+    Command("bench-gptq", "GPTQ wall time against the reference algorithm on the same matrices",
+            cmd_frontier.add_gptq_arguments, cmd_frontier.run_gptq,
+            "Time our GPTQ and the reference formulation (float32 Cholesky of H^-1, blocks of 128, "
+            "lazy batch updates) side by side on a checkpoint's matrices and a record-scale synthetic "
+            "GPT, same threads; compare their codes and distortion."),
+    Command("bench-frontier", "the fit against recipes at their bytes, with and without each lever",
+            cmd_frontier.add_frontier_arguments, cmd_frontier.run_frontier,
+            "Pack and score each recipe, then fit at its total bytes and score that, once per lever "
+            "configuration (all, all but one, none): gap ratio, win and its noise over val parts, "
+            "predicted over real loss increase."),
 )
 
 

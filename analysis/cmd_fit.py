@@ -182,10 +182,10 @@ def write_fit_folder(out: Path, result: dict, candidates: list[dict]) -> None:
 def _text(r: dict) -> str:
     width = max(len(t["name"]) for t in r["tensors"])
     what = "bytes" if r["dry_run"] else "shipped"
-    lines = [f"{'tensor':<{width}}  {'choice':<36} {'params':>8} {what:>8} {'bits/w':>6} {'pred Δloss':>10}"]
+    lines = [f"{'tensor':<{width}}  {'choice':<42} {'params':>8} {what:>8} {'bits/w':>6} {'pred Δloss':>10}"]
     for t in r["tensors"]:
-        label = Choice(t["bits"], t["clip"], t["gptq"], t["lqer_rank"], t["codec"], t["prune"]).label
-        lines.append(f"{t['name']:<{width}}  {label:<36} {t['params']:>8,} {t['bytes']:>8,} "
+        label = Choice(t["bits"], t["clip"], t["gptq"], t["lqer_rank"], t["codec"], t["prune"], t.get("rd", 0.0)).label
+        lines.append(f"{t['name']:<{width}}  {label:<42} {t['params']:>8,} {t['bytes']:>8,} "
                      f"{t['bits_per_weight']:>6.3f} {t['predicted_dloss']:>10.6f}")
     ms = r["measure"]
     lines += ["", f"measure      {ms['tensors']} tensors, {ms['measured']:,} candidates measured, {ms['cached']:,} "

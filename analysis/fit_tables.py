@@ -13,7 +13,7 @@ from artifact.runtime.files import atomic_writer
 # tensors.csv: bytes are what the tensor takes in the shipped blob (exact attribution,
 # `artifact.container.inspect`) when there is a blob, else the measured prediction; predicted Δloss
 # (nats) is the loss model's figure, distortion its input (trace(ΔW H ΔWᵀ), calibration-weighted)
-CSV_COLUMNS = ("name", "layer", "kind", "params", "bits", "clip", "gptq", "lqer_rank", "prune", "codec", "bytes",
+CSV_COLUMNS = ("name", "layer", "kind", "params", "bits", "clip", "gptq", "lqer_rank", "prune", "rd", "codec", "bytes",
                "predicted_bytes", "bits_per_weight", "share_of_budget", "predicted_dloss", "distortion")
 CANDIDATE_COLUMNS = ("name", "kind", "label", "bytes", "distortion", "predicted_dloss", "chosen")
 
@@ -60,7 +60,7 @@ def tensor_rows(measurement, choices: dict[str, str], budget_bytes: int, shipped
         nbytes = shipped[name] if shipped is not None else fig["bytes"]
         rows.append({"name": name, "layer": layer, "kind": kind,
                      "params": t.params, "bits": c.bits, "clip": c.clip, "gptq": c.gptq, "lqer_rank": c.lqer_rank,
-                     "prune": c.prune, "codec": c.codec, "bytes": nbytes, "predicted_bytes": fig["bytes"],
+                     "prune": c.prune, "rd": c.rd, "codec": c.codec, "bytes": nbytes, "predicted_bytes": fig["bytes"],
                      "bits_per_weight": nbytes * 8 / t.params, "share_of_budget": nbytes / budget_bytes,
                      "predicted_dloss": t.predicted_dloss(label), "distortion": fig["distortion"]})
     return rows

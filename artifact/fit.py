@@ -17,6 +17,7 @@ returned. `dry_run` stops after the first solve (predicted bytes and loss only).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,9 @@ from artifact.solve import Infeasible, Solution, solve
 from artifact.submission import plan_files
 
 MAX_ROUNDS = 6
+# tensors of at most this many codes may share one ANS stream (one table, one state) with the
+# other small ones of the same code width; kept only where the blob comes out smaller
+SHARED_STREAM_MAX = 65_536
 _CALIBRATION_KEYS = set(CalibrationConfig.__dataclass_fields__)
 
 
@@ -50,6 +54,7 @@ class FitResult:
     blob_bytes: int | None = None
     packed: PackResult | None = None
     rounds: list[dict] = field(default_factory=list)
+    streams: dict[str, str] = field(default_factory=dict)  # tensor -> shared stream group
 
     @property
     def dry_run(self) -> bool:
@@ -65,16 +70,23 @@ def counted_code_bytes(model_config: dict, eval_defaults: dict, budget: Budget, 
 
 
 def recipe_data(choices: dict[str, str], calibration: dict | None = None, lqer_codec: str = "ans",
-                scales_codec: str = "deinterleave2+brotli-11", name: str = "fit") -> dict:
+                scales_codec: str = "deinterleave2+brotli-11", name: str = "fit",
+                streams: dict[str, str] | None = None) -> dict:
     """Recipe data (the TOML layout) with one rule per chosen tensor (label → bits, clip, GPTQ,
-    prune fraction, codec) and, for the tensors whose label asks for a rank, a per-tensor
-    `[lqer] ranks` table; other tensors fall to the baseline default."""
+    prune fraction, rate-aware lambda, codec, and the shared stream group `streams` names) and,
+    for the tensors whose label asks for a rank, a per-tensor `[lqer] ranks` table; other
+    tensors fall to the baseline default."""
     rules, ranks = [], {}
+    streams = streams or {}
     for tensor, label in choices.items():
         c = Choice.parse(label)
         rule = {"match": [tensor], "bits": c.bits, "clip": c.clip, "gptq": c.gptq}
         if c.prune:
             rule["prune"] = c.prune
+        if c.rd:
+            rule["rd"] = c.rd
+        if tensor in streams:
+            rule["stream"] = streams[tensor]
         rules.append({**rule, "codec": c.codec})
         if c.lqer_rank:
             ranks[tensor] = c.lqer_rank
@@ -88,9 +100,21 @@ def recipe_data(choices: dict[str, str], calibration: dict | None = None, lqer_c
 
 
 def build_recipe(choices: dict[str, str], calibration: dict | None = None, lqer_codec: str = "ans",
-                 scales_codec: str = "deinterleave2+brotli-11", name: str = "fit") -> Recipe:
+                 scales_codec: str = "deinterleave2+brotli-11", name: str = "fit",
+                 streams: dict[str, str] | None = None) -> Recipe:
     """`recipe_data` parsed into a Recipe."""
-    return parse_recipe(recipe_data(choices, calibration, lqer_codec, scales_codec, name))
+    return parse_recipe(recipe_data(choices, calibration, lqer_codec, scales_codec, name, streams))
+
+
+def shared_streams(choices: dict[str, str], numels: dict[str, int], max_numel: int = SHARED_STREAM_MAX) -> dict[str, str]:
+    """{tensor: stream group} for the ANS-coded tensors of at most `max_numel` codes: one group
+    per code width (tensors alone in their group keep their own stream)."""
+    groups: dict[str, list[str]] = {}
+    for n, label in choices.items():
+        c = Choice.parse(label)
+        if c.codec == "ans" and numels[n] <= max_numel:
+            groups.setdefault(f"small-int{c.bits}", []).append(n)
+    return {n: g for g, members in groups.items() if len(members) > 1 for n in members}
 
 
 def _toml_value(v) -> str:
@@ -143,13 +167,14 @@ class _Packer:
     one `pack_state_dict` of the whole recipe: pack treats every tensor alone when LQER targets
     are named per tensor and there is no ±1 pruning, as in a fit's recipe."""
 
-    def __init__(self, state_dict, measurement: Measurement, hessians, calibration):
+    def __init__(self, state_dict, measurement: Measurement, hessians, calibration, share: bool = True):
         self.state, self.measurement, self.hessians, self.calibration = state_dict, measurement, hessians, calibration
+        self.share = share
         self.done: dict[tuple[str, str | None], tuple] = {}
 
-    def _recipe(self, choices: dict[str, str]) -> Recipe:
+    def _recipe(self, choices: dict[str, str], streams: dict[str, str] | None = None) -> Recipe:
         g = self.measurement.grid
-        return build_recipe(choices, self.calibration, g.lqer_codec, g.scales_codec)
+        return build_recipe(choices, self.calibration, g.lqer_codec, g.scales_codec, streams=streams)
 
     def _one(self, name: str, label: str | None) -> tuple:
         if (name, label) not in self.done:
@@ -158,16 +183,26 @@ class _Packer:
             self.done[(name, label)] = (r.entries[0], r.rows[0], r.dequantized[name], bool(r.lqer_targets))
         return self.done[(name, label)]
 
-    def pack(self, choices: dict[str, str]) -> tuple[PackResult, bytes, Recipe]:
+    def pack(self, choices: dict[str, str]) -> tuple[PackResult, bytes, Recipe, dict[str, str]]:
+        """(packed, blob, recipe, shared streams): small ANS tensors share a stream per code
+        width when that makes the blob smaller (the weights are the same either way)."""
         recipe = self._recipe(choices)
         recipe.plan(self.state)  # the whole recipe's checks, once
         parts = {n: self._one(n, choices.get(n)) for n in self.state}
         packed = PackResult([p[0] for p in parts.values()], [p[1] for p in parts.values()],
                             {n: p[2] for n, p in parts.items()}, recipe.name, [n for n, p in parts.items() if p[3]])
-        return packed, build_blob(packed.entries), recipe
+        blob = build_blob(packed.entries)
+        streams = shared_streams(choices, {n: self.measurement.tensors[n].params for n in choices}) if self.share else {}
+        if streams:
+            entries = [dataclasses.replace(e, stream=streams[e.name]) if e.name in streams else e for e in packed.entries]
+            shared = build_blob(entries)
+            if len(shared) < len(blob):
+                packed = dataclasses.replace(packed, entries=entries)
+                return packed, shared, self._recipe(choices, streams), streams
+        return packed, blob, recipe, {}
 
 
-def _pack(state_dict, measurement, choices, hessians, calibration) -> tuple[PackResult, bytes, Recipe]:
+def _pack(state_dict, measurement, choices, hessians, calibration) -> tuple[PackResult, bytes, Recipe, dict]:
     return _Packer(state_dict, measurement, hessians, calibration).pack(choices)
 
 
@@ -182,13 +217,14 @@ def reference_residual(state_dict, measurement: Measurement, hessians, calibrati
     g = measurement.grid
     path = None
     if measurement.cache_dir is not None:  # a second fit from the same measurement skips this pack
-        key = cache_key(measurement.checkpoint_hash, calibration, cheapest, g.scales_codec, g.lqer_codec)
+        key = cache_key(measurement.checkpoint_hash, calibration, cheapest, g.scales_codec, g.lqer_codec,
+                        getattr(packer, "share", True))
         path = Path(measurement.cache_dir) / f"residual-{key}.json"
         stored = read_json_or_none(path)
         if stored and isinstance(stored.get("residual"), int):
             return stored["residual"]
     packer = packer or _Packer(state_dict, measurement, hessians, calibration)
-    _, blob, _ = packer.pack(cheapest)
+    _, blob, _, _ = packer.pack(cheapest)
     residual = len(blob) - _chosen_bytes(measurement, cheapest)
     if path is not None:
         atomic_write_json(path, {"residual": residual})
@@ -197,13 +233,13 @@ def reference_residual(state_dict, measurement: Measurement, hessians, calibrati
 
 def fit(state_dict, measurement: Measurement, budget: Budget, code_bytes: int, hessians,
         pins: dict[str, str] | None = None, dry_run: bool = False, calibration: dict | None = None,
-        log: Callable[[str], None] | None = None) -> FitResult:
+        log: Callable[[str], None] | None = None, share_streams: bool = True) -> FitResult:
     """Choose a candidate per tensor so blob + code ≤ budget at the lowest predicted loss, and
     (unless `dry_run`) pack it, repairing the choice until the real blob fits. `log` hears one
-    line per pack round."""
+    line per pack round. `share_streams`: let small ANS tensors share streams where it pays."""
     names, cands = measurement.solver_input()
     pin_of = _pin_predicates(pins, measurement)
-    packer = _Packer(state_dict, measurement, hessians, calibration)
+    packer = _Packer(state_dict, measurement, hessians, calibration, share_streams)
     residual = reference_residual(state_dict, measurement, hessians, calibration, packer)
     best: FitResult | None = None
     rounds: list[dict] = []
@@ -233,7 +269,7 @@ def fit(state_dict, measurement: Measurement, budget: Budget, code_bytes: int, h
             return FitResult(choices, sol, recipe, code_bytes, predicted, sol.total_loss, rounds=rounds)
         if sol.labels not in tried:
             tried[sol.labels] = packer.pack(choices)
-        packed, blob, recipe = tried[sol.labels]
+        packed, blob, recipe, streams = tried[sol.labels]
         real = len(blob) + code_bytes
         real_residual = len(blob) - _chosen_bytes(measurement, choices)
         rounds.append({"round": r + 1, "residual_assumed": residual, "predicted_total": predicted,
@@ -242,7 +278,8 @@ def fit(state_dict, measurement: Measurement, budget: Budget, code_bytes: int, h
             log(f"fit: round {r + 1}: predicted {predicted:,} B, real {real:,} B (limit {budget.bytes:,}), "
                 f"predicted Δloss {sol.total_loss:.5f}")
         if real <= budget.bytes and (best is None or sol.total_loss < best.predicted_loss):
-            best = FitResult(choices, sol, recipe, code_bytes, predicted, sol.total_loss, real, len(blob), packed)
+            best = FitResult(choices, sol, recipe, code_bytes, predicted, sol.total_loss, real, len(blob), packed,
+                             streams=streams)
         if real > budget.bytes:  # take the overshoot off the solver's budget
             nxt = max(real_residual, residual + real - budget.bytes)
         else:

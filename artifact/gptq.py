@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from artifact.runtime.errors import ConfigError
 from artifact.quant import Quantized, QuantSpec, quantize_tensor
+from artifact.rdround import code_lengths, rate_weight, rd_round
+from artifact.runtime.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -48,11 +49,9 @@ def gptq_quantize(w: Tensor, hessian: Tensor, spec: QuantSpec, config: GPTQConfi
         raise ConfigError(f"{label}: GPTQ needs a Hessian (calibrate first)")
     rows, cols = w.shape
     rtn = quantize_tensor(w, spec, hessian, name)  # validates w and H; fixes the scales
-    H = hessian.double().clone()
-    W = w.double().clone()
+    H = hessian.float().clone()
     dead = H.diagonal() == 0
     H[dead, dead] = 1.0
-    W[:, dead] = 0.0
     order = torch.argsort(H.diagonal(), descending=True, stable=True) if config.act_order else torch.arange(cols, device=H.device)
     H = H[order][:, order]
     U, damp_used = _inverse_cholesky(H, config)
@@ -61,15 +60,25 @@ def gptq_quantize(w: Tensor, hessian: Tensor, spec: QuantSpec, config: GPTQConfi
                       "falling back to round-to-nearest", RuntimeWarning, stacklevel=2)
         rtn.meta.update(gptq="fallback_rtn")
         return rtn
-    S = _scale_per_element(rtn, rows, cols)[:, order].float()
-    codes = _error_feedback(W[:, order].float(), S, U.float(), rtn, spec, config.block_size)
-    codes = codes[:, torch.argsort(order)].contiguous()
+    # Column-major working copies (row j = column order[j]): each column GPTQ rounds is then
+    # contiguous, and the in-block update is one rank-1 update of contiguous rows.
+    Wt = w.float().t()[order].contiguous()
+    Wt[dead[order]] = 0.0
+    St = _scale_per_column(rtn, rows, cols, order)
+    rate = None
+    if spec.rd:  # rate-aware rounding: importance s^2 / U_jj^2 (artifact.rdround)
+        grid = spec.code_grid
+        mu = spec.rd * float(St.square().mean()) * float(U.diagonal().square().reciprocal().mean())
+        rate = (mu, code_lengths(rtn.codes, grid.lo, grid.hi))
+    codes_t = _error_feedback(Wt, St, U, rtn, spec, config.block_size, rate)
+    codes = codes_t[torch.argsort(order)].t().contiguous()
     meta = dict(rtn.meta, gptq="ok", damp=damp_used, act_order=config.act_order, dead_columns=int(dead.sum()))
     return Quantized(codes, rtn.scales, rtn.group_size, rtn.bits, rtn.scheme, meta)
 
 
 def _inverse_cholesky(H: Tensor, config: GPTQConfig) -> tuple[Tensor | None, float]:
-    """Upper Cholesky factor of (H + damp I)^-1, growing the damping on failure."""
+    """Upper Cholesky factor of (H + damp I)^-1 in H's dtype (float32, as the reference
+    algorithm), growing the damping on failure."""
     mean_diag = float(H.diagonal().mean())
     damp = config.damp
     eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
@@ -83,48 +92,56 @@ def _inverse_cholesky(H: Tensor, config: GPTQConfig) -> tuple[Tensor | None, flo
     return None, damp
 
 
-def _scale_per_element(q: Quantized, rows: int, cols: int) -> Tensor:
-    """Each weight's scale as stored (float64), shape (rows, cols)."""
-    s = q.scales.double()
+def _scale_per_column(q: Quantized, rows: int, cols: int, order: Tensor) -> Tensor:
+    """Each weight's stored scale as float32 in the permuted column-major layout (cols, rows),
+    zero scales replaced by 1 (a zero scale only ever meets zero codes): the divisor of rounding."""
+    s = q.scales.float()
     if s.ndim == 0:
-        return s.expand(rows, cols)
-    if q.group_size is None:
-        return s[:, None].expand(rows, cols)
-    return s.repeat_interleave(q.group_size, dim=1)
+        st = s.expand(cols, rows)
+    elif q.group_size is None:
+        st = s[None, :].expand(cols, rows)
+    else:
+        st = s.t().repeat_interleave(q.group_size, dim=0)[order]
+    return torch.where(st > 0, st, torch.ones_like(st)).contiguous()
 
 
-def _round(x: Tensor, s: Tensor, q: Quantized, spec: QuantSpec) -> Tensor:
-    """The scheme's rounding of x on the fixed grid s (codes as float)."""
-    if q.scheme == "binary":
-        return torch.where(x < 0, -1.0, 1.0)
-    return spec.code_grid.codes(x, s)
-
-
-def _error_feedback(W: Tensor, S: Tensor, U: Tensor, q: Quantized, spec: QuantSpec, block: int) -> Tensor:
-    """The GPTQ loop (columns already permuted): round a column, spread its scaled error over
-    the rest of its block at once, and over later blocks with one matrix product per block."""
-    rows, cols = W.shape
-    codes = torch.empty(rows, cols, dtype=torch.int8, device=W.device)
+def _error_feedback(Wt: Tensor, St: Tensor, U: Tensor, q: Quantized, spec: QuantSpec, block: int,
+                    rate: tuple[float, Tensor] | None = None) -> Tensor:
+    """The GPTQ loop on the permuted, transposed weights Wt (cols x rows, updated in place):
+    round a column, spread its scaled error over the rest of its block at once, and over later
+    blocks with one matrix product per block. `rate` = (mu, code lengths) rounds rate-aware.
+    Returns the codes (cols x rows, int8)."""
+    cols, rows = Wt.shape
+    grid = spec.code_grid
+    lo, hi = (-1, 1) if q.scheme == "binary" else (grid.lo, grid.hi)
+    codes = torch.empty(cols, rows, dtype=torch.int8, device=Wt.device)
     threads = torch.get_num_threads()
     for i1 in range(0, cols, block):
         i2 = min(i1 + block, cols)
-        W1 = W[:, i1:i2].clone()
-        U1 = U[i1:i2, i1:i2]
-        S1 = S[:, i1:i2]
-        err = torch.empty(rows, i2 - i1, device=W.device)
+        W1, S1, U1 = Wt[i1:i2], St[i1:i2], U[i1:i2, i1:i2]
+        C1 = torch.empty(i2 - i1, rows, device=Wt.device)
+        err = torch.empty(i2 - i1, rows, device=Wt.device)
+        if rate is not None:  # t = mu / a with a = s^2 / U_jj^2, per element of the block
+            T1 = rate_weight(rate[0], S1.square() / U1.diagonal().square()[:, None])
         # The per-column ops are small: one thread avoids a barrier per op, which on a shared
         # CPU (another process holding a core) costs a scheduler slice each time.
         torch.set_num_threads(1)
         try:
             for i in range(i2 - i1):
-                col = W1[:, i]
-                c = _round(col, S1[:, i], q, spec)
-                codes[:, i1 + i] = c.to(torch.int8)
-                e = (col - c * S1[:, i]) / U1[i, i]
-                err[:, i] = e
-                W1[:, i + 1:].addr_(e, U1[i, i + 1:], alpha=-1.0)
+                col, c, e = W1[i], C1[i], err[i]
+                if q.scheme == "binary":
+                    torch.sign(col, out=c).add_((c == 0).float())  # sign, with 0 -> +1
+                elif rate is not None:
+                    c.copy_(rd_round(col / S1[i], T1[i], rate[1], lo, hi))
+                else:
+                    torch.div(col, S1[i], out=c).round_().clamp_(lo, hi)
+                torch.mul(c, S1[i], out=e)
+                torch.sub(col, e, out=e).div_(U1[i, i])
+                if i + 1 < i2 - i1:
+                    W1[i + 1:].addr_(U1[i, i + 1:], e, alpha=-1.0)
         finally:
             torch.set_num_threads(threads)
+        codes[i1:i2] = C1.to(torch.int8)
         if i2 < cols:
-            W[:, i2:].addmm_(err, U[i1:i2, i2:], alpha=-1.0)
+            Wt[i2:].addmm_(U[i1:i2, i2:].t(), err, alpha=-1.0)
     return codes

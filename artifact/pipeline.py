@@ -231,7 +231,7 @@ def fit_checkpoint(prepared: dict, budget: Budget, out: str | Path, val_data, pi
     run.submission, run.real_total = sub_dir, count.total
     run.recipe_file = out / "recipe.toml"
     atomic_write(run.recipe_file, recipe_toml(recipe_data(res.choices, prepared["calibration"], m.grid.lqer_codec,
-                                                          m.grid.scales_codec)))
+                                                          m.grid.scales_codec, streams=res.streams)))
     run.verify = verify(sub_dir, budget, val_data, max_tokens=max_tokens, device="cpu", code_files=code_files,
                         progress=stage("verify"))
     return run

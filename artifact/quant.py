@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from artifact.rdround import code_lengths, rate_weight, rd_round
 from artifact.runtime.decoder import dequantize
 from artifact.runtime.errors import CheckpointError, ConfigError
 
@@ -133,6 +134,7 @@ class QuantSpec:
     group_size: int | None = None
     asymmetric: bool = False
     scale_dtype: str | None = None
+    rd: float = 0.0  # rate-aware rounding's lambda (artifact.rdround); 0 = round to nearest
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
@@ -143,6 +145,8 @@ class QuantSpec:
             raise ConfigError(f"quant spec: group_size {self.group_size} is only valid (>= 1) for per_row, ternary, binary")
         if self.asymmetric and self.scheme not in INT_SCHEMES:
             raise ConfigError(f"quant spec: asymmetric code ranges only exist for {', '.join(INT_SCHEMES)}")
+        if not (self.rd >= 0.0 and self.rd < float("inf")) or (self.rd and self.scheme != "per_row"):
+            raise ConfigError(f"quant spec: rd = {self.rd} must be a finite lambda >= 0, and only per_row takes one")
         if self.scale_dtype not in (None, "fp16", "fp32"):
             raise ConfigError(f"quant spec: scale_dtype {self.scale_dtype!r} must be 'fp16' or 'fp32'")
 
@@ -339,6 +343,8 @@ def _quantize_int(w: Tensor, spec: QuantSpec, hessian: Tensor | None, name: str)
     if spec.group_size is None:
         clip, info = clip_values(w2, spec.clip, grid, hessian)
         q, s = _quantize_with_clip(w2, clip, grid)
+        if spec.rd:
+            q, meta["rd"] = _rd_codes(w2, q, s[:, None].expand(rows, cols), grid, spec.rd, hessian), spec.rd
         return Quantized(q.reshape(w.shape), s, None, spec.bits, "per_row", {**meta, **info})
     if w.ndim != 2:
         raise ConfigError(f"{name or 'tensor'}: grouped scales need a 2-D tensor, got shape {tuple(w.shape)}")
@@ -349,6 +355,9 @@ def _quantize_int(w: Tensor, spec: QuantSpec, hessian: Tensor | None, name: str)
     col_weight = None if hessian is None else hessian.diagonal().float().reshape(groups, spec.group_size).repeat(rows, 1)
     clip, info = _grouped_clip(g2, spec.clip, grid, col_weight)
     q, s = _quantize_with_clip(g2, clip, grid)
+    if spec.rd:
+        s_el = s[:, None].expand(-1, spec.group_size).reshape(rows, cols)
+        q, meta["rd"] = _rd_codes(w2, q.reshape(rows, cols), s_el, grid, spec.rd, hessian), spec.rd
     return Quantized(q.reshape(rows, cols), s.reshape(rows, groups), spec.group_size, spec.bits, "per_row", {**meta, **info})
 
 
@@ -373,6 +382,17 @@ def _grouped_clip(g2: Tensor, rule: ClipRule, grid: CodeGrid, col_weight: Tensor
             best_clip, best_err = torch.where(better, clip, best_clip), torch.where(better, err, best_err)
     info = {"chosen_q": rule.candidates[errs.index(min(errs))]} if rule.per == "matrix" else {}
     return best_clip, info
+
+
+def _rd_codes(w2: Tensor, q: Tensor, s_el: Tensor, grid: CodeGrid, lam: float, hessian: Tensor | None) -> Tensor:
+    """Rate-aware codes (artifact.rdround) on the fixed scales `s_el` (one per element): the
+    importance of a weight is s^2 H_jj (s^2 without a Hessian)."""
+    s = s_el.float()
+    h = hessian.diagonal().float() if hessian is not None else torch.ones(w2.shape[1])
+    a = s.square() * h[None, :]
+    x = w2 / torch.where(s > 0, s, torch.ones_like(s))
+    lengths = code_lengths(q, grid.lo, grid.hi)
+    return rd_round(x, rate_weight(lam * float(a.mean()), a), lengths, grid.lo, grid.hi).to(torch.int8)
 
 
 def _tensor_clip(w2: Tensor, rule: ClipRule, grid: CodeGrid, hessian: Tensor | None) -> tuple[Tensor, dict]:

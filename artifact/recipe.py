@@ -22,6 +22,7 @@ fp16, control tensors fp32), and optional `[lqer]`, `[prune_pm1]` and `[calibrat
     group_size = 64                    # optional: grouped scales
     gptq = true                        # or a table of GPTQConfig fields {damp = 0.02, block_size = 128}
     prune = 0.03                       # magnitude-prune this fraction before quantizing
+    rd = 0.15                          # rate-aware rounding's lambda (artifact/rdround.py; 0 = nearest)
     codec = "ans"                      # per-rule override of the codes' codec
     stream = "attn"                    # optional: tensors naming one stream share it
 
@@ -87,9 +88,9 @@ _TOP_KEYS = {"name", "description", "extends", "codec", "scales_codec", "passthr
              "rules", "default", "lqer", "prune_pm1", "calibration"}
 _TABLES = ("default", "lqer", "prune_pm1", "calibration")
 _RULE_KEYS = {"match", "exclude", "ndim", "min_numel", "max_numel", "scheme", "bits", "clip",
-              "group_size", "asymmetric", "scale_dtype", "gptq", "prune", "codec", "scales_codec", "stream"}
-_INT_ONLY_KEYS = ("bits", "clip", "group_size", "asymmetric", "scale_dtype", "gptq", "prune")
-_SPEC_KEYS = {"scheme", "bits", "clip", "group_size", "asymmetric", "scale_dtype"}
+              "group_size", "asymmetric", "scale_dtype", "gptq", "prune", "codec", "scales_codec", "stream", "rd"}
+_INT_ONLY_KEYS = ("bits", "clip", "group_size", "asymmetric", "scale_dtype", "gptq", "prune", "rd")
+_SPEC_KEYS = {"scheme", "bits", "clip", "group_size", "asymmetric", "scale_dtype", "rd"}
 _GLOB_CHARS = "*?["
 
 
@@ -450,7 +451,7 @@ def _quant_spec(table: dict, where: str, section: str, default_scheme: str = "pe
     """A QuantSpec from scheme/bits/clip/group_size/asymmetric/scale_dtype keys."""
     scheme = _choice(table.get("scheme", default_scheme), SCHEMES, f"{where}: {section} scheme")
     if scheme not in INT_SCHEMES:
-        stray = [k for k in ("bits", "clip", "asymmetric", "scale_dtype") if k in table]
+        stray = [k for k in ("bits", "clip", "asymmetric", "scale_dtype", "rd") if k in table]
         stray += ["group_size"] if scheme not in ("ternary", "binary") and "group_size" in table else []
         if stray:
             raise ConfigError(f"{where}: {section} {stray[0]} does not apply to scheme {scheme!r}")
@@ -465,7 +466,8 @@ def _quant_spec(table: dict, where: str, section: str, default_scheme: str = "pe
     try:
         return QuantSpec(scheme, bits=bits, clip=clip, group_size=_get(table, "group_size", int, where, None, section),
                          asymmetric=_get(table, "asymmetric", bool, where, False, section),
-                         scale_dtype=_get(table, "scale_dtype", str, where, None, section))
+                         scale_dtype=_get(table, "scale_dtype", str, where, None, section),
+                         rd=_get(table, "rd", float, where, 0.0, section))
     except ConfigError as exc:
         raise ConfigError(f"{where}: {section}: {exc}") from None
 
