@@ -252,7 +252,7 @@ def fit(state_dict, measurement: Measurement, budget: Budget, code_bytes: int, h
             # The container bytes were an estimate: the smallest allowed choice, packed for real,
             # either frees room for another round or is the honest figure to report.
             smallest = _smallest_choice(measurement, pin_of)
-            _, blob, _ = packer.pack(smallest)
+            _, blob, _, _ = packer.pack(smallest)
             real_residual = len(blob) - _chosen_bytes(measurement, smallest)
             if real_residual < residual:
                 residual = real_residual
@@ -311,11 +311,12 @@ def _smallest_choice(measurement: Measurement, pin_of: dict) -> dict[str, str]:
 def _smallest_fit(cands, names, measurement, pin_of, packer, budget: Budget, code_bytes: int) -> FitResult | None:
     """The smallest allowed choice as a FitResult when its real pack fits the budget, else None."""
     smallest = _smallest_choice(measurement, pin_of)
-    packed, blob, recipe = packer.pack(smallest)
+    packed, blob, recipe, streams = packer.pack(smallest)
     real = len(blob) + code_bytes
     if real > budget.bytes:
         return None
     only = {n: (lambda label, want=want: label == want) for n, want in smallest.items()}
     residual = len(blob) - _chosen_bytes(measurement, smallest)
     sol = solve(cands, budget.bytes, fixed={"code": code_bytes, "container": residual}, pins=only, names=names)
-    return FitResult(smallest, sol, recipe, code_bytes, sol.total_bytes, sol.total_loss, real, len(blob), packed)
+    return FitResult(smallest, sol, recipe, code_bytes, sol.total_bytes, sol.total_loss, real, len(blob), packed,
+                     streams=streams)

@@ -101,8 +101,12 @@ def test_a_bare_final_model_says_what_was_inferred_and_defaulted(official, capsy
                                "model_dim=64 num_heads=4 num_kv_heads=2 mlp_mult=2 tie_embeddings=True")
     assert "defaulted (no tensor shows them: --set KEY=VALUE): logit_softcap=30.0; rope_base=10000.0" in notes[1]
     assert "defaulted: seq_len=1024" in notes[2]
-    for note in notes:  # and the same lines on stderr, whatever the output format
-        assert f"model: {note}" in out.err
+    # --json keeps stderr silent off a terminal (the notes travel in the JSON); plain text says them there
+    assert out.err == ""
+    assert main(["eval", str(path), "--max-tokens", "2049", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    for note in notes:
+        assert f"model: {note}" in err
 
 
 def test_with_the_override_the_loss_is_the_models_own(official, tmp_path):
